@@ -1,0 +1,36 @@
+"""Backbones: the CIFAR networks of the online-KD literature, registered into timm's registry.
+
+`import backbones` registers `cifar_resnet8/32/110`, `cifar_wrn_20_8`, `cifar_vgg16` and
+`cifar_densenet40_12`; after that `timm.create_model(name, num_classes=...)` builds any of them, and any
+other timm model name works too.
+"""
+
+from __future__ import annotations
+
+import timm
+
+from backbones import cifar_densenet, cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
+from bench.errors import UsageError, unknown
+
+CIFAR_BACKBONES = [
+    "cifar_resnet8", "cifar_resnet32", "cifar_resnet110", "cifar_wrn_20_8", "cifar_vgg16", "cifar_densenet40_12",
+]
+
+
+def list_backbones() -> list[str]:
+    """CIFAR backbones first, then every other architecture timm registers."""
+    return CIFAR_BACKBONES + [n for n in timm.list_models() if n not in CIFAR_BACKBONES]
+
+
+def check_backbone(name: str) -> None:
+    if not timm.is_model(name):
+        raise unknown("backbone", name, CIFAR_BACKBONES + timm.list_models())
+
+
+def create_backbone(name: str, num_classes: int, **kwargs) -> "timm.models.nn.Module":
+    """A freshly initialised backbone (never pretrained weights: nothing downloads)."""
+    check_backbone(name)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise UsageError(f"backbone '{name}' cannot be built: {err}") from None

@@ -1,0 +1,239 @@
+"""Configuration: dataclasses whose defaults are the common CIFAR protocol (methods.md), YAML presets,
+dotted command-line overrides, and strict keys (an unknown key is an error with a close match).
+
+Precedence, lowest first: dataclass defaults < preset YAML < `--config` YAML < CLI flags < `key=value`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import UsageError, did_you_mean, unknown
+
+
+@dataclass
+class OptimConfig:
+    """SGD with a multistep schedule (OKDDip defaults; ONE's script used wd 1e-4, no Nesterov)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: list[int] = field(default_factory=lambda: [150, 225])
+    gamma: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    download: bool = False
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    workers: int = 4
+
+
+@dataclass
+class ComputeConfig:
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N, mps
+    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere), bf16, off
+    channels_last: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything about one run except which grid cell it is."""
+
+    epochs: int = 300
+    rampup_epochs: float = 80.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+
+@dataclass
+class RunConfig(TrainConfig):
+    """One run: a method x backbone x dataset x seed cell with its training settings and options."""
+
+    method: str = "vanilla"
+    backbone: str = "cifar_resnet32"
+    dataset: str = "cifar100"
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig(TrainConfig):
+    """A grid of runs. `options` maps a method name to its option overrides."""
+
+    methods: list[str] = field(default_factory=lambda: ["vanilla"])
+    backbones: list[str] = field(default_factory=lambda: ["cifar_resnet32"])
+    datasets: list[str] = field(default_factory=lambda: ["cifar100"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    out: str = "results/default"
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with strict keys and types
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` (a small subset of typing), converting where exact."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except UsageError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: expected a mapping, got {value!r}")
+        key_tp, val_tp = typing.get_args(tp) or (Any, Any)
+        return {str(k): coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UsageError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UsageError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {_type_name(tp)} at {where}")
+
+
+def from_dict(cls: type, data: Any, where: str = "config", base: Any = None) -> Any:
+    """Build dataclass `cls` from a mapping, starting from `base` (or the defaults); unknown keys fail."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a mapping, got {data!r}")
+    obj = base if base is not None else cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in names:
+            raise UsageError(f"{where}: unknown key '{key}'{did_you_mean(key, names)} (valid: {', '.join(names)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, f"{where}.{key}", base=getattr(obj, key))
+        elif typing.get_origin(tp) is dict and key == "options" and isinstance(value, dict):
+            merged = dict(getattr(obj, key))
+            for k, v in coerce(value, tp, f"{where}.{key}").items():
+                merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
+            value = merged
+        else:
+            value = coerce(value, tp, f"{where}.{key}")
+        setattr(obj, key, value)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain YAML/JSON-ready data."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML files and presets
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file (safe_load only); errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot read config file {path}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UsageError(f"malformed YAML in {path}{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("bench") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict:
+    if name not in preset_names():
+        raise unknown("preset", name, preset_names())
+    with resources.as_file(resources.files("bench") / "presets" / f"{name}.yaml") as path:
+        return load_yaml(path)
+
+
+def parse_override(text: str, method_names: list[str]) -> dict:
+    """`a.b.c=value` -> {'a': {'b': {'c': value}}}; `pcl.temperature=4` means `options.pcl.temperature`."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"override '{text}' is not of the form key=value (e.g. optim.lr=0.05)")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise UsageError(f"override '{text}': empty key part")
+    if parts[0] in method_names:
+        parts = ["options", *parts]
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
+               options: dict[str, Any]) -> RunConfig:
+    """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
+    shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
+    return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
+                     options=dict(options))

@@ -1,0 +1,94 @@
+"""Run folders: where a run lives, atomic writes, and reading a run's state back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UsageError
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+CHECKPOINT = "last.pt"
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def safe_part(part: str) -> str:
+    """A path component that cannot escape its parent: no separators, no '..', no empty name."""
+    cleaned = _SAFE.sub("_", str(part)).strip(".")
+    if not cleaned:
+        raise UsageError(f"'{part}' cannot name a run folder")
+    return cleaned
+
+
+def run_dir(out: Path, dataset: str, backbone: str, method: str, seed: int) -> Path:
+    """`<out>/<dataset>/<backbone>/<method>/seed<k>`, each part sanitised."""
+    return Path(out).joinpath(safe_part(dataset), safe_part(backbone), safe_part(method), f"seed{int(seed)}")
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write through a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it is missing, empty or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every valid JSON object line of the file; a truncated last line is dropped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def run_status(path: Path) -> str:
+    """'done', 'failed', 'diverged' (from summary.json), 'partial' (started) or 'missing'."""
+    summary = read_json(Path(path) / SUMMARY)
+    if isinstance(summary, dict) and summary.get("status") in ("done", "failed", "diverged"):
+        return summary["status"]
+    return "partial" if Path(path).exists() else "missing"

@@ -1,0 +1,362 @@
+"""The training loop for one run: method x backbone x dataset x seed under one TrainConfig.
+
+Writes into the run folder, each file atomically: `config.yaml`, `last.pt` (every epoch; it holds the
+metric history too, so `metrics.jsonl` is rewritten from it and never gains a repeated or lost line),
+`metrics.jsonl`, and `summary.json` at the end. Rerunning resumes from `last.pt` at the last completed
+epoch boundary; the data order and augmentation of an epoch depend only on (seed, epoch), and the RNG
+states are restored, so a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from bench import runs
+from bench.config import RunConfig, to_dict
+from bench.errors import UsageError
+from methods.base import OnlineKDMethod, Progress, build_method
+
+CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
+
+
+class Diverged(Exception):
+    """A loss term became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, terms: list[str]) -> None:
+        super().__init__(f"loss diverged at epoch {epoch}, step {step}: non-finite {', '.join(terms)}")
+        self.epoch, self.step, self.terms = epoch, step, terms
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' requested but CUDA is not available here (use --device cpu)")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp not in ("auto", "bf16", "off"):
+        raise UsageError(f"unknown compute.amp '{amp}' (valid: auto, bf16, off)")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def lr_at(cfg: RunConfig, epoch: int) -> float:
+    """Multistep schedule: lr * gamma^(number of milestones <= epoch)."""
+    return cfg.optim.lr * cfg.optim.gamma ** sum(epoch >= m for m in cfg.optim.milestones)
+
+
+_GIT_COMMIT: list[str | None] = []
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs (None outside a git checkout)."""
+    if not _GIT_COMMIT:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                 capture_output=True, text=True, timeout=5)
+            _GIT_COMMIT.append(out.stdout.strip() if out.returncode == 0 else None)
+        except (OSError, subprocess.SubprocessError):
+            _GIT_COMMIT.append(None)
+    return _GIT_COMMIT[0]
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    import bench
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "okd_bench": bench.__version__}
+
+
+def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state, in a form torch.load(weights_only=True) accepts
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [list(x) if isinstance(x, tuple) else x
+                                                        for x in random.getstate()],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def config_record(cfg: RunConfig) -> dict[str, Any]:
+    return to_dict(cfg)
+
+
+def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
+    """Refuse to continue a run folder made by a different config (unless `force`)."""
+    existing = folder / runs.CONFIG
+    if not existing.exists() or force:
+        return
+    try:
+        old = yaml.safe_load(existing.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        old = None
+    new = config_record(cfg)
+    if old != new:
+        diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable)"]
+        raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
+                         "use another --out, or --force to overwrite it")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+class Trainer:
+    """One run. `run()` trains (resuming when a checkpoint exists) and returns the summary."""
+
+    def __init__(self, cfg: RunConfig, folder: Path, progress_bar: bool = True, force: bool = False) -> None:
+        self.cfg, self.folder, self.progress_bar, self.force = cfg, Path(folder), progress_bar, force
+
+    # -- set-up --------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from backbones import create_backbone
+        from bench.data import DATASETS, build_loaders
+
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise UsageError(f"epochs must be at least 1, got {cfg.epochs}")
+        self.device = resolve_device(cfg.compute.device)
+        self.amp_dtype = autocast_dtype(cfg.compute.amp, self.device)
+        spec = DATASETS.get(cfg.dataset)
+        seed_everything(cfg.seed)
+
+        def factory() -> torch.nn.Module:
+            return create_backbone(cfg.backbone, spec.num_classes)
+
+        self.method: OnlineKDMethod = build_method(cfg.method, factory, spec.num_classes, cfg.options)
+        memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format
+        self.method.to(self.device, memory_format=memory_format)
+        self.deployed_params = count_params(factory())
+        self.train_loader, self.eval_loader, self.spec = build_loaders(
+            cfg.dataset, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last)
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
+                                         weight_decay=cfg.optim.weight_decay,
+                                         foreach=self.device.type != "cpu" or None)
+        self.start_epoch, self.step, self.history, self.best = 0, 0, [], {}
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": self.start_epoch, "step": self.step, "history": self.history, "best": self.best,
+                 "rng": rng_state()}
+        runs.atomic_write(self.folder / runs.CHECKPOINT, lambda f: torch.save(state, f), binary=True)
+        runs.write_jsonl(self.folder / runs.METRICS, self.history)
+
+    def load_checkpoint(self) -> bool:
+        path = self.folder / runs.CHECKPOINT
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except Exception as err:  # a checkpoint we cannot read is not trusted: start over
+            print(f"warning: ignoring unreadable checkpoint {path}: {type(err).__name__}: {err}")
+            return False
+        self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        set_rng_state(state["rng"])
+        return True
+
+    # -- one epoch -----------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, bar) -> dict[str, float]:
+        method, loader = self.method, self.train_loader
+        method.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.cfg, epoch)
+        steps = len(loader)
+        sums: dict[str, torch.Tensor] = {}
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_terms: torch.Tensor | None = None
+        for i, (views, target) in enumerate(loader.epoch(epoch)):
+            progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs)
+            with self.autocast():
+                terms = method.losses(views, target, progress)
+            total = sum(terms.values())
+            finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
+            first_bad = (bad_step < 0) & ~finite.all()
+            bad_step = torch.where(first_bad, self.step, bad_step)
+            bad_terms = ~finite if bad_terms is None else torch.where(first_bad, ~finite, bad_terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.step += 1
+            method.after_step(self.step)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+            sums["total"] = sums.get("total", 0.0) + total.detach().float()
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                if int(bad_step) >= 0:
+                    names = [n for n, bad in zip(terms, bad_terms.tolist()) if bad]
+                    raise Diverged(epoch + 1, int(bad_step), names)
+            if bar is not None:
+                bar.update(1)
+        return {name: float(v) / steps for name, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        self.method.eval()
+        k = min(5, self.spec.num_classes)
+        correct1: dict[str, torch.Tensor] = {}
+        correct5: dict[str, torch.Tensor] = {}
+        n = 0
+        for x, y in self.eval_loader:
+            with self.autocast():
+                logits = self.method.eval_logits(x)
+            for name, z in logits.items():
+                top = z.float().topk(k, dim=1).indices
+                hit = top == y[:, None]
+                correct1[name] = correct1.get(name, 0) + hit[:, 0].sum()
+                correct5[name] = correct5.get(name, 0) + hit.any(1).sum()
+            n += len(y)
+        return {name: {"top1_error": 100.0 * (1 - float(correct1[name]) / n),
+                       "top5_error": 100.0 * (1 - float(correct5[name]) / n)} for name in correct1}
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        check_run_folder(self.folder, self.cfg, self.force)
+        self.setup()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        runs.write_text(self.folder / runs.CONFIG, yaml.safe_dump(config_record(self.cfg), sort_keys=False))
+        if self.force:
+            for name in (runs.CHECKPOINT, runs.METRICS, runs.SUMMARY):
+                (self.folder / name).unlink(missing_ok=True)
+        self.load_checkpoint()
+        runs.write_jsonl(self.folder / runs.METRICS, self.history)
+        (self.folder / runs.SUMMARY).unlink(missing_ok=True)
+        cfg = self.cfg
+        bar = self._bar()
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                losses = self.train_epoch(epoch, bar)
+                train_s = time.perf_counter() - t0
+                errors = self.evaluate()
+                record = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch), "step": self.step, "loss": losses,
+                          "top1_error": {k: v["top1_error"] for k, v in errors.items()},
+                          "top5_error": {k: v["top5_error"] for k, v in errors.items()},
+                          "epoch_s": time.perf_counter() - t0,
+                          "images_per_s": self.train_loader.num_samples / max(train_s, 1e-9)}
+                self.history.append(record)
+                for name, err in errors.items():
+                    if name not in self.best or err["top1_error"] < self.best[name]["top1_error"]:
+                        self.best[name] = {**err, "epoch": epoch + 1}
+                self.start_epoch = epoch + 1
+                self.save_checkpoint()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{losses['total']:.3f}",
+                                    err=f"{errors[self.method.headline]['top1_error']:.2f}%")
+        except Diverged as div:
+            return self.finish("diverged", divergence={"epoch": div.epoch, "step": div.step, "terms": div.terms,
+                                                       "message": str(div)})
+        except Exception as err:
+            self.finish("failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.finish("done")
+
+    def _bar(self):
+        if not self.progress_bar:
+            return None
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        total = cfg.epochs * len(self.train_loader)
+        return tqdm(total=total, initial=self.start_epoch * len(self.train_loader), leave=False, dynamic_ncols=True,
+                    desc=f"{cfg.dataset}/{cfg.backbone}/{cfg.method}/seed{cfg.seed}", unit="step")
+
+    def finish(self, status: str, **extra: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        last = self.history[-1] if self.history else {}
+        final = {name: {"top1_error": last["top1_error"][name], "top5_error": last["top5_error"][name]}
+                 for name in last.get("top1_error", {})}
+        summary = {
+            "method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset, "seed": cfg.seed,
+            "status": status, "headline_model": self.method.headline, "eval_models": self.method.eval_names(),
+            "final": final, "best": self.best, "epochs": cfg.epochs, "epochs_done": len(self.history),
+            "wall_clock_s": sum(r["epoch_s"] for r in self.history),
+            "images_per_s": (float(np.mean([r["images_per_s"] for r in self.history])) if self.history else None),
+            "device": str(self.device), "device_name": device_name(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "channels_last": cfg.compute.channels_last,
+            "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
+                       "all": count_params(self.method)},
+            "options": dataclasses.asdict(self.method.opts), "versions": versions(), "git_commit": git_commit(),
+            **extra,
+        }
+        runs.write_json(self.folder / runs.SUMMARY, summary)
+        return summary
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def train_run(cfg: RunConfig, folder: Path, progress_bar: bool = True, force: bool = False) -> dict[str, Any]:
+    """Train one run into `folder` and return its summary (also written to summary.json)."""
+    return Trainer(cfg, folder, progress_bar=progress_bar, force=force).run()

@@ -1,0 +1,96 @@
+"""The method interface: an online-KD method is an nn.Module that turns a batch into a dict of named,
+already-weighted loss terms (the trainer sums them), and exposes its eval models by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from bench.config import from_dict
+from bench.registry import Registry
+from methods.losses import sigmoid_rampup
+
+BackboneFactory = Callable[[], nn.Module]
+"""Builds a freshly initialised backbone (timm model with the dataset's number of classes)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: `epoch` counts fractional epochs done, `step` optimizer steps done."""
+
+    epoch: float
+    step: int
+    rampup_epochs: float = 80.0
+
+    @property
+    def rampup(self) -> float:
+        """The ramp-up weight w(e) of the common protocol."""
+        return sigmoid_rampup(self.epoch, self.rampup_epochs)
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class OnlineKDMethod(nn.Module):
+    """Base class. Subclasses set `Options` (a dataclass, defaults from methods.md), `headline`
+    (the eval model the paper reports) and `views` (augmented views per image), and implement
+    `losses` and `eval_logits`."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    headline: str = ""
+    views: int = 1
+
+    def __init__(self, backbone: BackboneFactory, num_classes: int, opts: Any) -> None:
+        super().__init__()
+        self.opts = opts
+        self.num_classes = num_classes
+
+    def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
+        """Named, already-weighted loss terms for one batch; their sum is what is minimised."""
+        raise NotImplementedError
+
+    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
+        """Logits of every eval model on a test batch, in one pass."""
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step; `step` = optimizer steps taken so far (1 after the first)."""
+
+    def eval_names(self) -> list[str]:
+        """Names of the eval models, the keys of `eval_logits`."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[OnlineKDMethod]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[OnlineKDMethod]], type[OnlineKDMethod]]:
+    def add(cls: type[OnlineKDMethod]) -> type[OnlineKDMethod]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def resolve_options(method: str, overrides: dict[str, Any] | None) -> Any:
+    """The method's options dataclass with `overrides` applied (unknown keys are errors)."""
+    cls = METHODS.get(method)
+    return from_dict(cls.Options, overrides or {}, where=f"options of {method}")
+
+
+def options_dict(opts: Any) -> dict[str, Any]:
+    return dataclasses.asdict(opts)
+
+
+def build_method(method: str, backbone: BackboneFactory, num_classes: int,
+                 overrides: dict[str, Any] | None = None) -> OnlineKDMethod:
+    cls = METHODS.get(method)
+    return cls(backbone, num_classes, resolve_options(method, overrides))

@@ -1,0 +1,44 @@
+"""A shared trunk with m branches cut from any splittable backbone (CL, ONE, OKDDip, PCL)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from backbones.branching import split_model
+from bench.errors import UsageError, unknown
+from methods.base import BackboneFactory
+
+
+@dataclass
+class BranchOptions:
+    """Options every shared-trunk method has."""
+
+    branch_point: str = ""  # the stage the branches start at; "" = the backbone's last stage
+    peer_init: str = "independent"  # "independent" or "copy" (every branch starts as branch 0)
+
+
+class SharedTrunk(nn.Module):
+    """trunk(x) once, then each of `num_branches` branches: [(logits, pooled feature), ...]."""
+
+    def __init__(self, backbone: BackboneFactory, num_branches: int, opts: BranchOptions) -> None:
+        super().__init__()
+        if opts.peer_init not in ("independent", "copy"):
+            raise unknown("peer_init", opts.peer_init, ["independent", "copy"])
+        if num_branches < 1:
+            raise UsageError(f"the number of branches must be at least 1, got {num_branches}")
+        first = split_model(backbone(), opts.branch_point or None)
+        self.trunk = first.trunk
+        branches = [first.branch]
+        for _ in range(num_branches - 1):
+            if opts.peer_init == "copy":
+                branches.append(copy.deepcopy(first.branch))
+            else:
+                branches.append(split_model(backbone(), opts.branch_point or None).branch)
+        self.branches = nn.ModuleList(branches)
+        self.trunk_channels, self.feature_dim = first.trunk_channels, first.feature_dim
+
+    def run_branches(self, shared: Tensor) -> list[tuple[Tensor, Tensor]]:
+        return [branch(shared) for branch in self.branches]

@@ -27,7 +27,7 @@ def check_backbone(name: str) -> None:
         raise unknown("backbone", name, CIFAR_BACKBONES + timm.list_models())
 
 
-def create_backbone(name: str, num_classes: int, **kwargs) -> "timm.models.nn.Module":
+def create_backbone(name: str, num_classes: int, **kwargs) -> timm.models.nn.Module:
     """A freshly initialised backbone (never pretrained weights: nothing downloads)."""
     check_backbone(name)
     try:

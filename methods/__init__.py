@@ -1,6 +1,8 @@
-"""Online-KD methods, one file each, registered by name in `METHODS` (paper order)."""
+"""Online-KD methods, one file each, registered by name in `METHODS`, in the PCL paper's order."""
 
-from methods import cl, dml, okddip, one, pcl, vanilla  # noqa: F401  (registers the methods)
+# isort: off
+from methods import vanilla, dml, cl, one, okddip, pcl  # noqa: F401, I001  (registers, in paper order)
+# isort: on
 from methods.base import METHODS, OnlineKDMethod, Progress, build_method, register_method, resolve_options
 
 PAPER_ORDER = ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"]

@@ -65,7 +65,7 @@ class PCL(OnlineKDMethod):
             "ce": sum(F.cross_entropy(z, target) for z in logits),
             "kd_ensemble": w * sum(kd_loss(z, teacher, t) for z in logits),
             "kd_mean_teacher": (w / (m - 1)) * sum(
-                kd_loss(z_i, mean_logits[l], t) for i, z_i in enumerate(logits) for l in range(m) if l != i),
+                kd_loss(z_i, z_t, t) for i, z_i in enumerate(logits) for j, z_t in enumerate(mean_logits) if j != i),
         }
 
     @torch.no_grad()

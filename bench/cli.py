@@ -1,0 +1,167 @@
+"""The `bench` command: subcommands only; each hands over to the module that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one-line UsageErrors instead of exiting with usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def parse_names(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not x for x in items):
+        raise UsageError(f"--{what} '{text}': expected a comma-separated list without empty items")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for item in parse_names(text, "seeds"):
+        if not item.isdigit():
+            raise UsageError(f"--seeds '{text}': '{item}' is not a non-negative integer (e.g. --seeds 0,1,2)")
+        seeds.append(int(item))
+    return seeds
+
+
+def default_preset(datasets: list[str] | None) -> str:
+    """Without --preset: the protocol that fits the data (digits: demo, CIFAR: paper, ImageNet: imagenet)."""
+    if not datasets or all(d == "digits" for d in datasets):
+        return "demo"
+    return "imagenet" if "imagenet" in datasets else "paper"
+
+
+def add_grid_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the grid (stable interface)")
+    g.add_argument("--methods", help="comma-separated, e.g. pcl,one (see 'bench list')")
+    g.add_argument("--datasets", help="comma-separated: digits, cifar10, cifar100, imagenet")
+    g.add_argument("--backbones", help="comma-separated timm names, e.g. cifar_resnet32,resnet18")
+    g.add_argument("--seeds", help="comma-separated non-negative integers, e.g. 0,1,2")
+    g.add_argument("--epochs", type=int, help="training epochs of every run")
+    g.add_argument("--out", help="results folder of the sweep (default: the preset's, e.g. results/demo)")
+    g.add_argument("--preset", help="demo, paper or imagenet (default: from the datasets)")
+    o = p.add_argument_group("more")
+    o.add_argument("--config", type=Path, help="a YAML file of settings (same keys as the presets)")
+    o.add_argument("--data-root", help="folder holding the datasets (default: data)")
+    o.add_argument("--download", action="store_true", help="download CIFAR when missing (needs network)")
+    o.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    o.add_argument("--batch-size", type=int, help="training batch size")
+    o.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. optim.lr=0.05 pcl.temperature=4 compute.amp=off")
+
+
+def build_sweep(args: argparse.Namespace):
+    from bench.config import SweepConfig, from_dict, load_preset, load_yaml, parse_override
+    from methods import METHODS
+
+    datasets = parse_names(args.datasets, "datasets") if args.datasets else None
+    preset = args.preset or default_preset(datasets)
+    sweep = from_dict(SweepConfig, load_preset(preset), where=f"preset '{preset}'")
+    if args.config:
+        sweep = from_dict(SweepConfig, load_yaml(args.config), where=str(args.config), base=sweep)
+    flags: dict = {}
+    if args.methods:
+        flags["methods"] = parse_names(args.methods, "methods")
+    if datasets:
+        flags["datasets"] = datasets
+    if args.backbones:
+        flags["backbones"] = parse_names(args.backbones, "backbones")
+    if args.seeds is not None:
+        flags["seeds"] = parse_seeds(args.seeds)
+    if args.epochs is not None:
+        flags["epochs"] = args.epochs
+    if args.out:
+        flags["out"] = args.out
+    data = {}
+    if args.data_root:
+        data["root"] = args.data_root
+    if args.download:
+        data["download"] = True
+    if args.batch_size is not None:
+        data["batch_size"] = args.batch_size
+    if data:
+        flags["data"] = data
+    if args.device:
+        flags["compute"] = {"device": args.device}
+    sweep = from_dict(SweepConfig, flags, where="command line", base=sweep)
+    for text in args.overrides:
+        sweep = from_dict(SweepConfig, parse_override(text, METHODS.names()), where=f"override '{text}'",
+                          base=sweep)
+    return sweep, preset
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.execute import run_sweep
+
+    sweep, preset = build_sweep(args)
+    return run_sweep(sweep, preset, force=args.force, progress_bar=not args.no_progress)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import backbones
+    from bench.config import preset_names
+    from bench.data import DATASETS
+    from methods import METHODS, PAPER_ORDER
+
+    print("methods (options and defaults; set with <method>.<option>=value):")
+    for name in sorted(METHODS.names(), key=lambda n: PAPER_ORDER.index(n) if n in PAPER_ORDER else 99):
+        cls = METHODS.get(name)
+        opts = ", ".join(f"{f.name}={getattr(cls.Options(), f.name)!r}" for f in dataclasses.fields(cls.Options))
+        print(f"  {name:<9} headline: {cls.headline or '-':<14} {opts}")
+    others = [n for n in backbones.list_backbones() if n not in backbones.CIFAR_BACKBONES]
+    print("backbones (CIFAR networks first; any timm model name works):")
+    print("  " + ", ".join(backbones.CIFAR_BACKBONES))
+    if args.all:
+        print("  " + ", ".join(others))
+    else:
+        print(f"  ... and {len(others)} more timm models (bench list --all)")
+    print("datasets:")
+    for name in DATASETS.names():
+        spec = DATASETS.get(name)
+        print(f"  {name:<9} {spec.num_classes:>4} classes  {spec.description}")
+    print("presets: " + ", ".join(preset_names()))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description="okd-bench: train and compare online knowledge distillation "
+                                               "methods, and turn the runs into tables and plots.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the grid methods x backbones x datasets x seeds")
+    add_grid_flags(p)
+    p.add_argument("--force", action="store_true", help="overwrite run folders made by a different config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="registered methods, backbones, datasets and presets")
+    p.add_argument("--all", action="store_true", help="list every timm backbone")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

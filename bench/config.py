@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -176,6 +177,22 @@ def to_dict(obj: Any) -> Any:
 # YAML files and presets
 
 
+class YamlLoader(yaml.SafeLoader):
+    """safe_load with YAML 1.2 booleans: only true/false are booleans, so `amp: off` stays a string."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_yaml(path: str | Path) -> dict:
     """A YAML mapping from a file (safe_load only); errors name the file and line."""
     path = Path(path)
@@ -184,7 +201,7 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as err:
         raise UsageError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -220,7 +237,7 @@ def parse_override(text: str, method_names: list[str]) -> dict:
     if parts[0] in method_names:
         parts = ["options", *parts]
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     out: dict = {}

@@ -23,9 +23,9 @@ import torch
 import yaml
 
 from bench import runs
-from bench.config import RunConfig, to_dict
+from bench.config import RunConfig, parse_yaml, to_dict
 from bench.errors import UsageError
-from methods.base import OnlineKDMethod, Progress, build_method
+from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
 
@@ -136,7 +136,7 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
     if not existing.exists() or force:
         return
     try:
-        old = yaml.safe_load(existing.read_text(encoding="utf-8"))
+        old = parse_yaml(existing.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         old = None
     new = config_record(cfg)
@@ -275,6 +275,7 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        self.cfg.options = options_dict(resolve_options(self.cfg.method, self.cfg.options))
         check_run_folder(self.folder, self.cfg, self.force)
         self.setup()
         self.folder.mkdir(parents=True, exist_ok=True)

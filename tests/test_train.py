@@ -1,0 +1,83 @@
+"""The training loop end to end on digits: files, determinism, resume, skip, divergence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from bench import runs
+from bench.config import SweepConfig, from_dict, load_preset, run_config
+from bench.train import Trainer, train_run
+
+
+def config(method="vanilla", epochs=3, **kw):
+    sweep = from_dict(SweepConfig, load_preset("demo"))
+    sweep.epochs = epochs
+    for key, value in kw.items():
+        setattr(sweep, key, value)
+    return run_config(sweep, method, "cifar_resnet8", "digits", 0, {})
+
+
+def test_run_writes_config_metrics_summary_and_checkpoint(tmp_path):
+    cfg = config("pcl", epochs=2)
+    summary = train_run(cfg, tmp_path, progress_bar=False)
+    saved = yaml.safe_load((tmp_path / runs.CONFIG).read_text())
+    assert saved["method"] == "pcl" and saved["optim"]["lr"] == cfg.optim.lr and saved["options"]["num_peers"] == 3
+    lines = [json.loads(x) for x in (tmp_path / runs.METRICS).read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert set(lines[0]["loss"]) == {"ce_ensemble", "ce", "kd_ensemble", "kd_mean_teacher", "total"}
+    assert set(lines[0]["top1_error"]) == set(summary["eval_models"]) and lines[0]["images_per_s"] > 0
+    on_disk = json.loads((tmp_path / runs.SUMMARY).read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("method", "backbone", "dataset", "seed", "status", "headline_model", "final", "best", "epochs",
+                "wall_clock_s", "device", "params", "versions", "git_commit"):
+        assert key in on_disk
+    assert on_disk["headline_model"] == "mean_teacher0" and on_disk["status"] == "done"
+    assert on_disk["final"]["mean_teacher0"]["top1_error"] == lines[-1]["top1_error"]["mean_teacher0"]
+    best = min(r["top1_error"]["peer0"] for r in lines)
+    assert on_disk["best"]["peer0"]["top1_error"] == best
+    assert on_disk["params"]["deployed"] < on_disk["params"]["training_total"]
+    state = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = train_run(config("one", epochs=2), tmp_path / "a", progress_bar=False)
+    b = train_run(config("one", epochs=2), tmp_path / "b", progress_bar=False)
+    assert a["final"] == b["final"] and a["best"] == b["best"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    reference = train_run(config("pcl", epochs=3), tmp_path / "ref", progress_bar=False)
+
+    class Interrupt(Exception):
+        pass
+
+    trainer = Trainer(config("pcl", epochs=3), tmp_path / "cut", progress_bar=False)
+    original = trainer.train_epoch
+
+    def stop_in_third_epoch(epoch, bar):
+        if epoch == 2:
+            raise Interrupt
+        return original(epoch, bar)
+
+    trainer.train_epoch = stop_in_third_epoch
+    with pytest.raises(Interrupt):
+        trainer.run()
+    assert len(runs.read_jsonl(tmp_path / "cut" / runs.METRICS)) == 2
+    resumed = train_run(config("pcl", epochs=3), tmp_path / "cut", progress_bar=False)
+    assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
+    epochs = [r["epoch"] for r in runs.read_jsonl(tmp_path / "cut" / runs.METRICS)]
+    assert epochs == [1, 2, 3]
+
+
+def test_nan_loss_stops_the_run_as_diverged(tmp_path):
+    cfg = config("vanilla", epochs=2)
+    cfg.optim.lr = 1e30
+    summary = train_run(cfg, tmp_path, progress_bar=False)
+    assert summary["status"] == "diverged"
+    assert summary["divergence"]["terms"] == ["ce"] and summary["divergence"]["epoch"] == 1
+    assert json.loads((tmp_path / runs.SUMMARY).read_text())["status"] == "diverged"

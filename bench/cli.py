@@ -133,6 +133,67 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_table_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="*", type=Path, help="results folders (default: results)")
+    p.add_argument("--metric", choices=["final", "best"], default="final", help="final or best epoch")
+    p.add_argument("--measure", choices=["error", "accuracy"], default="error")
+    p.add_argument("--top", type=int, choices=[1, 5], default=1)
+    p.add_argument("--model", default="headline", help="headline (plus -E ensemble rows), ensemble, peer0, ...")
+    p.add_argument("--no-reference", action="store_true", help="leave out the paper's published numbers")
+    p.add_argument("--significance", action="store_true", help="mark methods that differ from vanilla "
+                                                                 "(Welch's t-test over seeds, p < 0.05)")
+
+
+def _collect(args: argparse.Namespace):
+    from bench.aggregate import TableSpec, load_runs
+
+    roots = args.results or [Path("results")]
+    missing = [str(r) for r in roots if not Path(r).exists()]
+    if missing:
+        raise UsageError(f"results folder not found: {', '.join(missing)}")
+    collection = load_runs(roots)
+    for note in collection.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    spec = TableSpec(metric=args.metric, measure=args.measure, top=args.top, model=args.model,
+                     reference=not args.no_reference, significance=args.significance)
+    return roots, collection, spec
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench import runs
+    from bench.aggregate import cost_markdown, cost_table, render, write_tables
+
+    roots, collection, spec = _collect(args)
+    if args.csv:
+        text = collection.models.to_csv(index=False)
+        if args.csv == "-":
+            sys.stdout.write(text)
+        else:
+            runs.write_text(Path(args.csv), text)
+            print(f"runs written to {args.csv}", file=sys.stderr)
+        return 0
+    print(render(collection, spec, args.format))
+    if args.costs:
+        print(cost_markdown(cost_table(collection)))
+    if args.write:
+        paths = write_tables(collection, Path(args.write), spec)
+        print(f"tables written to {args.write}: {', '.join(p.name for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bench.plots import write_plots
+
+    roots, collection, _ = _collect(args)
+    folder = Path(args.write) if args.write else Path(roots[0]) / "plots"
+    paths = write_plots(collection, folder)
+    if not paths:
+        print("no finished runs to plot", file=sys.stderr)
+        return 1
+    print(f"{len(paths)} plot files written to {folder}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="okd-bench: train and compare online knowledge distillation "
                                                "methods, and turn the runs into tables and plots.")
@@ -143,6 +204,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite run folders made by a different config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("table", help="paper-style results table of finished runs (Markdown, LaTeX, CSV)")
+    add_table_flags(p)
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--costs", action="store_true", help="also print the cost table")
+    p.add_argument("--csv", metavar="PATH", help="export one row per run and eval model as CSV ('-': stdout)")
+    p.add_argument("--write", metavar="DIR", help="also write results.{md,tex,csv}, costs.{md,csv}, runs.csv there")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", help="plots of finished runs (PNG and PDF)")
+    add_table_flags(p)
+    p.add_argument("--write", metavar="DIR", help="output folder (default: <first results folder>/plots)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("list", help="registered methods, backbones, datasets and presets")
     p.add_argument("--all", action="store_true", help="list every timm backbone")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from bench import runs
 from bench.config import SweepConfig
@@ -37,4 +38,23 @@ def run_sweep(sweep: SweepConfig, preset: str, force: bool = False, progress_bar
         failed += status != "done"
         shown = f"top-1 error {err:.2f}% ({headline})" if err is not None else summary.get("divergence", "")
         print(f"[{i}/{len(todo)}] {spec.label}: {status}, {shown}, {time.perf_counter() - t0:.1f}s")
+    report(Path(sweep.out))
     return 1 if failed else 0
+
+
+def report(out: Path) -> None:
+    """Print the sweep's table; write its tables and plots into the sweep folder."""
+    from bench.aggregate import TableSpec, load_runs, render, write_tables
+    from bench.plots import write_plots
+
+    collection = load_runs([out])
+    for note in collection.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    if collection.models.empty:
+        return
+    print()
+    print(render(collection, TableSpec(), "md"))
+    tables = write_tables(collection, out / "tables")
+    plots = write_plots(collection, out / "plots")
+    print(f"tables: {out / 'tables'} ({', '.join(p.name for p in tables)})")
+    print(f"plots:  {out / 'plots'} ({len(plots)} files: {', '.join(sorted({p.stem for p in plots}))})")

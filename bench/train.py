@@ -270,8 +270,8 @@ class Trainer:
                 correct1[name] = correct1.get(name, 0) + hit[:, 0].sum()
                 correct5[name] = correct5.get(name, 0) + hit.any(1).sum()
             n += len(y)
-        return {name: {"top1_error": 100.0 * (1 - float(correct1[name]) / n),
-                       "top5_error": 100.0 * (1 - float(correct5[name]) / n)} for name in correct1}
+        return {name: {"top1_error": 100.0 * (n - int(correct1[name])) / n,
+                       "top5_error": 100.0 * (n - int(correct5[name])) / n} for name in correct1}
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -327,7 +327,8 @@ class Trainer:
         cfg = self.cfg
         total = cfg.epochs * len(self.train_loader)
         return tqdm(total=total, initial=self.start_epoch * len(self.train_loader), leave=False, dynamic_ncols=True,
-                    desc=f"{cfg.dataset}/{cfg.backbone}/{cfg.method}/seed{cfg.seed}", unit="step")
+                    disable=None, mininterval=0.5, unit="step",
+                    desc=f"{cfg.dataset}/{cfg.backbone}/{cfg.method}/seed{cfg.seed}")
 
     def finish(self, status: str, **extra: Any) -> dict[str, Any]:
         cfg = self.cfg

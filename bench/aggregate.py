@@ -1,0 +1,389 @@
+"""Runs -> pandas DataFrames -> paper-style tables (Markdown, LaTeX, CSV) and a cost table.
+
+The results table follows the PCL paper: rows are methods in paper order (then ensemble rows such as
+ONE-E and PCL-E), columns are backbones grouped by dataset, cells are the top-1 error mean +- std over
+seeds (n shown where seed counts differ), the best cell per column in bold, and the paper's published
+number beside ours with the difference.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from bench import runs
+
+PAPER_ORDER = ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"]
+DISPLAY = {"vanilla": "Vanilla", "dml": "DML", "cl": "CL", "one": "ONE", "okddip": "OKDDip", "kdcl": "KDCL",
+           "ffl_s": "FFL-S", "pcl": "PCL"}
+RUN_FILES = (runs.SUMMARY, runs.METRICS, runs.CONFIG, runs.CHECKPOINT)
+
+
+def display_name(method: str) -> str:
+    base, ensemble = (method[:-2], True) if method.endswith("-E") else (method, False)
+    return DISPLAY.get(base, base) + ("-E" if ensemble else "")
+
+
+def row_order(method_row: str) -> tuple[int, int, str]:
+    base = method_row[:-2] if method_row.endswith("-E") else method_row
+    rank = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER)
+    return (int(method_row.endswith("-E")), rank, method_row)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class Collection:
+    """Everything read from results folders: one row per (run, eval model), the epoch curves, and notes."""
+
+    models: pd.DataFrame
+    curves: pd.DataFrame
+    runs: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_run_folders(roots: Iterable[Path]) -> list[Path]:
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            continue
+        for name in RUN_FILES:
+            found.update(p.parent for p in root.rglob(name) if p.is_file())
+    return sorted(found)
+
+
+def _curves(folder: Path, ident: dict) -> list[dict]:
+    rows = []
+    for rec in runs.read_jsonl(folder / runs.METRICS):
+        for model, err in (rec.get("top1_error") or {}).items():
+            rows.append({**ident, "epoch": rec.get("epoch"), "eval_model": model, "top1_error": err,
+                         "top5_error": (rec.get("top5_error") or {}).get(model)})
+    return rows
+
+
+def load_runs(roots: Iterable[Path]) -> Collection:
+    """Read every run under `roots`; partial, running, failed and corrupt runs become warnings."""
+    models, curves, run_rows, notes = [], [], [], []
+    counts = {"partial": 0, "failed": 0, "diverged": 0, "corrupt": 0}
+    for folder in find_run_folders(roots):
+        summary = runs.read_json(folder / runs.SUMMARY)
+        if (folder / runs.SUMMARY).exists() and not _valid_summary(summary):
+            counts["corrupt"] += 1
+            notes.append(f"corrupt summary.json skipped: {folder}")
+            continue
+        if summary is None:
+            counts["partial"] += 1
+            notes.append(f"unfinished run (no summary.json): {folder}")
+            continue
+        ident = {k: summary[k] for k in ("dataset", "backbone", "method", "seed")}
+        run_rows.append({**ident, "status": summary["status"], "folder": str(folder),
+                         "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
+                         "wall_clock_s": summary.get("wall_clock_s"), "images_per_s": summary.get("images_per_s"),
+                         "device": summary.get("device"), "params_deployed": summary.get("params", {}).get("deployed"),
+                         "params_training": summary.get("params", {}).get("training_total"),
+                         "error": summary.get("error") or (summary.get("divergence") or {}).get("message")})
+        if summary["status"] != "done":
+            counts[summary["status"]] = counts.get(summary["status"], 0) + 1
+            notes.append(f"{summary['status']} run left out of the tables: {folder}")
+            continue
+        headline = summary.get("headline_model")
+        for model, final in summary["final"].items():
+            best = summary.get("best", {}).get(model, {})
+            models.append({**ident, "eval_model": model, "is_headline": model == headline,
+                           "final_top1": final.get("top1_error"), "final_top5": final.get("top5_error"),
+                           "best_top1": best.get("top1_error"), "best_top5": best.get("top5_error")})
+        curves.extend(_curves(folder, ident))
+    shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    if shown:
+        notes.insert(0, f"skipped runs: {shown}")
+    return Collection(pd.DataFrame(models), pd.DataFrame(curves), pd.DataFrame(run_rows), notes)
+
+
+def _valid_summary(summary) -> bool:
+    return (isinstance(summary, dict) and all(k in summary for k in ("dataset", "backbone", "method", "seed", "status"))
+            and isinstance(summary.get("final"), dict))
+
+
+# ---------------------------------------------------------------------------------------------
+# the results table
+
+
+@dataclass
+class TableSpec:
+    metric: str = "final"  # final or best epoch
+    measure: str = "error"  # error or accuracy
+    top: int = 1  # 1 or 5
+    model: str = "headline"  # headline, ensemble, or an eval model name (peer0, ...)
+    reference: bool = True
+    significance: bool = False
+
+    @property
+    def column(self) -> str:
+        return f"{self.metric}_top{self.top}"
+
+    def title(self) -> str:
+        what = "error" if self.measure == "error" else "accuracy"
+        epoch = "final epoch" if self.metric == "final" else "best epoch"
+        return f"Top-{self.top} {what} (%), {epoch}, mean ± std over seeds ({self.model} model)"
+
+
+def select_models(models: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """One value per run and table row: the chosen eval model, plus '<method>-E' rows for ensembles."""
+    if models.empty:
+        return models.assign(row=[], value=[])
+    if spec.model == "headline":
+        chosen = models[models.is_headline].assign(row=lambda d: d.method)
+        ens = models[(models.eval_model == "ensemble") & (models.method != "vanilla")]
+        chosen = pd.concat([chosen, ens.assign(row=ens.method + "-E")])
+    else:
+        chosen = models[models.eval_model == spec.model].assign(row=lambda d: d.method)
+    value = chosen[spec.column].astype(float)
+    return chosen.assign(value=value if spec.measure == "error" else 100.0 - value)
+
+
+def load_reference() -> pd.DataFrame:
+    """The PCL paper's published numbers (shipped with the package)."""
+    with resources.as_file(resources.files("bench") / "reference" / "pcl_aaai2021_table.csv") as path:
+        return pd.read_csv(path)
+
+
+def _paper_value(ref: pd.DataFrame, dataset: str, backbone: str, row: str, spec: TableSpec) -> float | None:
+    if spec.top != 1 or row.endswith("-E") or spec.metric != "final":
+        return None
+    name = backbone.removeprefix("cifar_")
+    hit = ref[(ref.dataset == dataset) & (ref.backbone == name) & (ref.method == row)]
+    if hit.empty or pd.isna(hit.top1_error_mean.iloc[0]):
+        return None
+    value = float(hit.top1_error_mean.iloc[0])
+    return value if spec.measure == "error" else 100.0 - value
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch's t-test p-value, or None with fewer than two seeds on a side or no variance."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    return None if p is None or math.isnan(p) else float(p)
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    paper: float | None = None
+    p_value: float | None = None
+    best: bool = False
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.paper is None else self.mean - self.paper
+
+
+def build_table(collection: Collection, spec: TableSpec) -> tuple[list[str], list[tuple[str, str]], dict]:
+    """(rows, columns, cells) with cells[(row, (dataset, backbone))] = Cell."""
+    chosen = select_models(collection.models, spec)
+    if chosen.empty:
+        return [], [], {}
+    ref = load_reference() if spec.reference else None
+    rows = sorted(chosen.row.unique(), key=row_order)
+    columns = sorted({(d, b) for d, b in zip(chosen.dataset, chosen.backbone)})
+    cells: dict = {}
+    for (row, dataset, backbone), group in chosen.groupby(["row", "dataset", "backbone"]):
+        values = group.value.tolist()
+        std = float(pd.Series(values).std(ddof=1)) if len(values) > 1 else 0.0
+        cell = Cell(float(pd.Series(values).mean()), std, len(values))
+        if ref is not None:
+            cell.paper = _paper_value(ref, dataset, backbone, row, spec)
+        if spec.significance and row != "vanilla":
+            base = chosen[(chosen.row == "vanilla") & (chosen.dataset == dataset) & (chosen.backbone == backbone)]
+            cell.p_value = welch_p(values, base.value.tolist())
+        cells[(row, (dataset, backbone))] = cell
+    for col in columns:  # bold: the best single model of the column (ensemble rows are not candidates)
+        present = [cells[(r, col)] for r in rows if (r, col) in cells and not r.endswith("-E")]
+        if not present:
+            continue
+        target = min if spec.measure == "error" else max
+        best = target(c.mean for c in present)
+        for c in present:
+            c.best = math.isclose(c.mean, best)
+    return rows, columns, cells
+
+
+def _fmt(cell: Cell, show_n: bool) -> str:
+    text = f"{cell.mean:.2f} ± {cell.std:.2f}"
+    if show_n:
+        text += f" (n={cell.n})"
+    if cell.p_value is not None and cell.p_value < 0.05:
+        text += " †"
+    return text
+
+
+def _has_paper(columns, rows, cells) -> dict:
+    return {col: any(cells.get((r, col)) and cells[(r, col)].paper is not None for r in rows) for col in columns}
+
+
+def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
+    if not rows:
+        return "(no finished runs)\n"
+    ns = {c.n for c in cells.values()}
+    show_n = len(ns) > 1
+    paper = _has_paper(columns, rows, cells)
+    header, align = ["Method"], ["---"]
+    for col in columns:
+        header.append(f"{col[0]} / {col[1]}")
+        align.append("---:")
+        if paper[col]:
+            header += ["paper", "Δ"]
+            align += ["---:", "---:"]
+    lines = [f"**{spec.title()}**", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        out = [display_name(row)]
+        for col in columns:
+            cell = cells.get((row, col))
+            text = "–" if cell is None else _fmt(cell, show_n)
+            out.append(f"**{text}**" if cell is not None and cell.best else text)
+            if paper[col]:
+                out.append("" if cell is None or cell.paper is None else f"{cell.paper:.2f}")
+                out.append("" if cell is None or cell.diff is None else f"{cell.diff:+.2f}")
+        lines.append("| " + " | ".join(out) + " |")
+    if show_n:
+        lines += ["", "n: number of seeds where the counts differ."]
+    if spec.significance:
+        lines += ["", "†: differs from Vanilla, Welch's t-test p < 0.05 over seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def to_latex(rows, columns, cells, spec: TableSpec) -> str:
+    """A booktabs tabular, ready to \\input."""
+    ns = {c.n for c in cells.values()}
+    show_n = len(ns) > 1
+    paper = _has_paper(columns, rows, cells)
+    datasets = list(dict.fromkeys(d for d, _ in columns))
+    widths = {d: sum(1 + 2 * paper[c] for c in columns if c[0] == d) for d in datasets}
+    colspec = "l" + "".join("r" * (1 + 2 * paper[c]) for c in columns)
+    lines = [f"% {spec.title()}", r"\begin{tabular}{" + colspec + "}", r"\toprule"]
+    lines.append(" & " + " & ".join(rf"\multicolumn{{{widths[d]}}}{{c}}{{{_tex(d)}}}" for d in datasets) + r" \\")
+    start, rules = 2, []
+    for d in datasets:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + widths[d] - 1}}}")
+        start += widths[d]
+    lines.append(" ".join(rules))
+    head = ["Method"]
+    for col in columns:
+        head.append(_tex(col[1].removeprefix("cifar_")))
+        if paper[col]:
+            head += ["paper", r"$\Delta$"]
+    lines += [" & ".join(head) + r" \\", r"\midrule"]
+    for row in rows:
+        out = [_tex(display_name(row))]
+        for col in columns:
+            cell = cells.get((row, col))
+            if cell is None:
+                out.append("--")
+            else:
+                text = f"{cell.mean:.2f} $\\pm$ {cell.std:.2f}" + (f" ({cell.n})" if show_n else "")
+                if cell.p_value is not None and cell.p_value < 0.05:
+                    text += r"$^\dagger$"
+                out.append(rf"\textbf{{{text}}}" if cell.best else text)
+            if paper[col]:
+                out.append("" if cell is None or cell.paper is None else f"{cell.paper:.2f}")
+                out.append("" if cell is None or cell.diff is None else f"{cell.diff:+.2f}")
+        lines.append(" & ".join(out) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows, columns, cells, spec: TableSpec) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["dataset", "backbone", "method", "measure", "mean", "std", "n", "paper", "diff", "p_vs_vanilla",
+                     "best"])
+    for row in rows:
+        for col in columns:
+            cell = cells.get((row, col))
+            if cell is None:
+                continue
+            writer.writerow([col[0], col[1], row, f"{spec.column}_{spec.measure}", f"{cell.mean:.4f}",
+                             f"{cell.std:.4f}", cell.n, "" if cell.paper is None else f"{cell.paper:.2f}",
+                             "" if cell.diff is None else f"{cell.diff:.4f}",
+                             "" if cell.p_value is None else f"{cell.p_value:.4g}", int(cell.best)])
+    return buf.getvalue()
+
+
+FORMATS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}
+
+
+def render(collection: Collection, spec: TableSpec, fmt: str = "md") -> str:
+    rows, columns, cells = build_table(collection, spec)
+    return FORMATS[fmt](rows, columns, cells, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cost table
+
+
+def cost_table(collection: Collection) -> pd.DataFrame:
+    """Per dataset x backbone x method: wall-clock and GPU-hours per run, images/s, parameters."""
+    done = collection.runs[collection.runs.status == "done"] if not collection.runs.empty else collection.runs
+    if done.empty:
+        return pd.DataFrame()
+    done = done.assign(gpu_hours=done.wall_clock_s / 3600.0 * done.device.fillna("").str.startswith("cuda"))
+    grouped = done.groupby(["dataset", "backbone", "method"])
+    table = grouped.agg(runs=("seed", "count"), wall_clock_s=("wall_clock_s", "mean"), gpu_hours=("gpu_hours", "mean"),
+                        images_per_s=("images_per_s", "mean"), params_deployed_M=("params_deployed", "first"),
+                        params_training_M=("params_training", "first")).reset_index()
+    table["params_deployed_M"] /= 1e6
+    table["params_training_M"] /= 1e6
+    table = table.iloc[sorted(range(len(table)), key=lambda i: (table.dataset[i], table.backbone[i],
+                                                              row_order(table.method[i])))]
+    return table.reset_index(drop=True)
+
+
+def cost_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no finished runs)\n"
+    lines = ["**Cost per run (mean over seeds)**", "",
+             "| Dataset | Backbone | Method | runs | wall-clock (s) | GPU-hours | images/s | params deployed (M) "
+             "| params training (M) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.dataset} | {r.backbone} | {display_name(r.method)} | {r.runs} | {r.wall_clock_s:.1f} | "
+                     f"{r.gpu_hours:.3f} | {r.images_per_s:.0f} | {r.params_deployed_M:.3f} | "
+                     f"{r.params_training_M:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(collection: Collection, folder: Path, spec: TableSpec | None = None) -> list[Path]:
+    """results.{md,tex,csv}, costs.{md,csv} and runs.csv into `folder` (atomically)."""
+    spec = spec or TableSpec()
+    folder = Path(folder)
+    rows, columns, cells = build_table(collection, spec)
+    written = []
+    for fmt, suffix in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
+        path = folder / f"results.{suffix}"
+        runs.write_text(path, FORMATS[fmt](rows, columns, cells, spec))
+        written.append(path)
+    costs = cost_table(collection)
+    runs.write_text(folder / "costs.md", cost_markdown(costs))
+    runs.write_text(folder / "costs.csv", costs.to_csv(index=False))
+    runs.write_text(folder / "runs.csv", collection.models.to_csv(index=False))
+    return written + [folder / "costs.md", folder / "costs.csv", folder / "runs.csv"]

@@ -1,0 +1,116 @@
+"""Plots of a results collection (matplotlib, PNG and PDF), one colour per method across every plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.aggregate import PAPER_ORDER, Collection, display_name, row_order  # noqa: E402
+
+
+def method_colour(method: str) -> tuple:
+    """A fixed colour per method (paper order into tab10), the same in every figure."""
+    base = method[:-2] if method.endswith("-E") else method
+    index = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER) + abs(hash(base)) % 2
+    return plt.get_cmap("tab10")(index % 10)
+
+
+def _save(fig, folder: Path, stem: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix in ("png", "pdf"):
+        path = folder / f"{stem}.{suffix}"
+        tmp = folder / f".{stem}.tmp.{suffix}"
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _headline_curves(collection: Collection) -> pd.DataFrame:
+    heads = collection.models[collection.models.is_headline][["dataset", "backbone", "method", "eval_model"]]
+    return collection.curves.merge(heads.drop_duplicates(), on=["dataset", "backbone", "method", "eval_model"])
+
+
+def plot_curves(collection: Collection, folder: Path) -> list[Path]:
+    """Test error vs epoch of each method's headline model, mean +- std band over seeds; one figure per
+    dataset x backbone."""
+    if collection.curves.empty or collection.models.empty:
+        return []
+    curves = _headline_curves(collection)
+    paths = []
+    for (dataset, backbone), group in curves.groupby(["dataset", "backbone"]):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in sorted(group.method.unique(), key=row_order):
+            stats = group[group.method == method].groupby("epoch").top1_error.agg(["mean", "std"]).fillna(0.0)
+            ax.plot(stats.index, stats["mean"], color=method_colour(method), label=display_name(method))
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                            color=method_colour(method), alpha=0.2, linewidth=0)
+        ax.set(xlabel="epoch", ylabel="top-1 test error (%)", title=f"{dataset} / {backbone}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths += _save(fig, folder, f"curves_{dataset}_{backbone}")
+    return paths
+
+
+def plot_final_bars(collection: Collection, folder: Path) -> list[Path]:
+    """Final top-1 error per method per backbone, bars with std error bars; one figure per dataset."""
+    if collection.models.empty:
+        return []
+    heads = collection.models[collection.models.is_headline]
+    paths = []
+    for dataset, group in heads.groupby("dataset"):
+        backbones = sorted(group.backbone.unique())
+        methods = sorted(group.method.unique(), key=row_order)
+        width = 0.8 / len(methods)
+        fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(backbones) + 2), 4))
+        for i, method in enumerate(methods):
+            stats = group[group.method == method].groupby("backbone").final_top1.agg(["mean", "std"])
+            stats = stats.reindex(backbones)
+            x = np.arange(len(backbones)) + (i - (len(methods) - 1) / 2) * width
+            ax.bar(x, stats["mean"], width, yerr=stats["std"].fillna(0.0), capsize=2, color=method_colour(method),
+                   label=display_name(method))
+        ax.set_xticks(np.arange(len(backbones)), backbones)
+        ax.set(ylabel="final top-1 error (%)", title=dataset)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        paths += _save(fig, folder, f"final_{dataset}")
+    return paths
+
+
+def plot_headline_vs_ensemble(collection: Collection, folder: Path) -> list[Path]:
+    """Each method's headline model next to its ensemble (hatched), per dataset x backbone."""
+    models = collection.models
+    if models.empty:
+        return []
+    paths = []
+    for (dataset, backbone), group in models.groupby(["dataset", "backbone"]):
+        methods = [m for m in sorted(group.method.unique(), key=row_order)
+                   if (group[group.method == m].eval_model == "ensemble").any()]
+        if not methods:
+            continue
+        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(methods) + 2), 4))
+        for i, method in enumerate(methods):
+            rows = group[group.method == method]
+            for offset, selected, hatch in ((-0.2, rows[rows.is_headline], None),
+                                            (0.2, rows[rows.eval_model == "ensemble"], "//")):
+                ax.bar(i + offset, selected.final_top1.mean(), 0.4, yerr=selected.final_top1.std(ddof=1) or 0.0,
+                       capsize=2, color=method_colour(method), hatch=hatch, edgecolor="black", linewidth=0.5)
+        ax.set_xticks(range(len(methods)), [display_name(m) for m in methods])
+        ax.set(ylabel="final top-1 error (%)", title=f"{dataset} / {backbone}: headline (plain) vs ensemble (hatched)")
+        ax.grid(axis="y", alpha=0.3)
+        paths += _save(fig, folder, f"ensemble_{dataset}_{backbone}")
+    return paths
+
+
+def write_plots(collection: Collection, folder: Path) -> list[Path]:
+    folder = Path(folder)
+    return plot_curves(collection, folder) + plot_final_bars(collection, folder) + plot_headline_vs_ensemble(
+        collection, folder)

@@ -99,10 +99,25 @@ def build_sweep(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.execute import run_sweep
+    from bench.launch import LaunchOptions, run_sweep
 
     sweep, preset = build_sweep(args)
-    return run_sweep(sweep, preset, force=args.force, progress_bar=not args.no_progress)
+    opts = LaunchOptions(launcher=args.launcher, cluster=args.cluster, max_parallel=args.max_parallel,
+                         wait=not args.no_wait, retry_failed=args.retry_failed, force=args.force,
+                         progress_bar=not args.no_progress)
+    return run_sweep(sweep, preset, opts)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.status import print_status
+
+    return print_status(args.out)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from bench.status import cancel
+
+    return cancel(args.out)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -201,9 +216,25 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the grid methods x backbones x datasets x seeds")
     add_grid_flags(p)
-    p.add_argument("--force", action="store_true", help="overwrite run folders made by a different config")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    launch = p.add_argument_group("launching")
+    launch.add_argument("--launcher", default="local", help="local (default: submitit subprocesses), inline "
+                                                            "(this process, for debugging) or slurm")
+    launch.add_argument("--cluster", type=Path, help="SLURM profile, e.g. slurm/local.yaml (with --launcher slurm)")
+    launch.add_argument("--max-parallel", type=int, default=1, help="local launcher: runs at a time")
+    launch.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
+    launch.add_argument("--retry-failed", action="store_true", help="rerun failed and diverged runs too")
+    launch.add_argument("--force", action="store_true", help="rerun every run from scratch, even done ones "
+                                                             "or ones made by a different config")
+    launch.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="state of a sweep's runs (pending, running, done, failed, ...)")
+    p.add_argument("out", nargs="?", type=Path, default=Path("results/demo"), help="the sweep folder")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a sweep's queued and running jobs")
+    p.add_argument("out", type=Path, help="the sweep folder")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("table", help="paper-style results table of finished runs (Markdown, LaTeX, CSV)")
     add_table_flags(p)

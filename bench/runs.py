@@ -92,3 +92,95 @@ def run_status(path: Path) -> str:
     if isinstance(summary, dict) and summary.get("status") in ("done", "failed", "diverged"):
         return summary["status"]
     return "partial" if Path(path).exists() else "missing"
+
+
+# ---------------------------------------------------------------------------------------------
+# a run's lock: one live copy of a run at a time
+
+
+LOCK = "running.json"
+HEARTBEAT_S = 15.0
+STALE_S = 120.0
+
+
+class AlreadyRunning(Exception):
+    """Another live process holds this run's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(folder: Path) -> dict | None:
+    """The record of a live process holding the run's lock, or None (no lock, or a stale one).
+
+    A lock is live when its process runs on this host, or, from another host, when its heartbeat is
+    recent. A requeued SLURM job (same job id, new process) is not another holder.
+    """
+    import socket
+
+    record = read_json(Path(folder) / LOCK)
+    if not isinstance(record, dict):
+        return None
+    if record.get("host") == socket.gethostname():
+        return record if _pid_alive(int(record.get("pid", -1))) else None
+    import time
+
+    return record if time.time() - float(record.get("heartbeat", 0)) < STALE_S else None
+
+
+class RunLock:
+    """Held while a run trains: `running.json` with host, pid, job id and a heartbeat every 15 s."""
+
+    def __init__(self, folder: Path, job_id: str | None = None) -> None:
+        self.folder, self.job_id = Path(folder), job_id
+        self._stop = None
+        self._thread = None
+
+    def _record(self) -> dict:
+        import socket
+        import time
+
+        return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": self.job_id,
+                "started": self.started, "heartbeat": time.time()}
+
+    def __enter__(self) -> RunLock:
+        import threading
+        import time
+
+        holder = lock_holder(self.folder)
+        if holder is not None and holder.get("pid") != os.getpid() and (
+                self.job_id is None or holder.get("job_id") != self.job_id):
+            raise AlreadyRunning(f"{self.folder} is already running (pid {holder.get('pid')} on "
+                                 f"{holder.get('host')}, job {holder.get('job_id')})")
+        self.started = time.time()
+        write_json(self.folder / LOCK, self._record())
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    write_json(self.folder / LOCK, self._record())
+                except OSError:
+                    pass
+
+        self._thread = threading.Thread(target=beat, daemon=True, name="run-heartbeat")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        (self.folder / LOCK).unlink(missing_ok=True)
+
+
+def reset_run_folder(folder: Path) -> None:
+    """Remove a run's files (for --force), leaving the folder itself."""
+    for name in (SUMMARY, METRICS, CONFIG, CHECKPOINT, "job.json"):
+        (Path(folder) / name).unlink(missing_ok=True)

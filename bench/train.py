@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import platform
 import random
 import subprocess
@@ -158,8 +159,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
 class Trainer:
     """One run. `run()` trains (resuming when a checkpoint exists) and returns the summary."""
 
-    def __init__(self, cfg: RunConfig, folder: Path, progress_bar: bool = True, force: bool = False) -> None:
-        self.cfg, self.folder, self.progress_bar, self.force = cfg, Path(folder), progress_bar, force
+    def __init__(self, cfg: RunConfig, folder: Path, progress_bar: bool = True) -> None:
+        self.cfg, self.folder, self.progress_bar = cfg, Path(folder), progress_bar
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -188,7 +189,7 @@ class Trainer:
                                          nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
                                          weight_decay=cfg.optim.weight_decay,
                                          foreach=self.device.type != "cpu" or None)
-        self.start_epoch, self.step, self.history, self.best = 0, 0, [], {}
+        self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -199,7 +200,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "epoch": self.start_epoch, "step": self.step, "history": self.history, "best": self.best,
-                 "rng": rng_state()}
+                 "resumes": self.resumes, "rng": rng_state()}
         runs.atomic_write(self.folder / runs.CHECKPOINT, lambda f: torch.save(state, f), binary=True)
         runs.write_jsonl(self.folder / runs.METRICS, self.history)
 
@@ -216,6 +217,7 @@ class Trainer:
             return False
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history, self.best = list(state["history"]), dict(state["best"])
+        self.resumes = list(state.get("resumes", []))
         set_rng_state(state["rng"])
         return True
 
@@ -276,14 +278,12 @@ class Trainer:
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.cfg.options = options_dict(resolve_options(self.cfg.method, self.cfg.options))
-        check_run_folder(self.folder, self.cfg, self.force)
+        check_run_folder(self.folder, self.cfg, force=False)
         self.setup()
         self.folder.mkdir(parents=True, exist_ok=True)
         runs.write_text(self.folder / runs.CONFIG, yaml.safe_dump(config_record(self.cfg), sort_keys=False))
-        if self.force:
-            for name in (runs.CHECKPOINT, runs.METRICS, runs.SUMMARY):
-                (self.folder / name).unlink(missing_ok=True)
-        self.load_checkpoint()
+        if self.load_checkpoint() and self.start_epoch < self.cfg.epochs:
+            self.resumes.append({"epoch": self.start_epoch, "job_id": os.environ.get("SLURM_JOB_ID")})
         runs.write_jsonl(self.folder / runs.METRICS, self.history)
         (self.folder / runs.SUMMARY).unlink(missing_ok=True)
         cfg = self.cfg
@@ -346,7 +346,8 @@ class Trainer:
             "channels_last": cfg.compute.channels_last,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
-            "options": dataclasses.asdict(self.method.opts), "versions": versions(), "git_commit": git_commit(),
+            "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),
+            "git_commit": git_commit(),
             **extra,
         }
         runs.write_json(self.folder / runs.SUMMARY, summary)
@@ -359,6 +360,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def train_run(cfg: RunConfig, folder: Path, progress_bar: bool = True, force: bool = False) -> dict[str, Any]:
+def train_run(cfg: RunConfig, folder: Path, progress_bar: bool = True) -> dict[str, Any]:
     """Train one run into `folder` and return its summary (also written to summary.json)."""
-    return Trainer(cfg, folder, progress_bar=progress_bar, force=force).run()
+    return Trainer(cfg, folder, progress_bar=progress_bar).run()

@@ -159,7 +159,7 @@ def test_table_of_missing_folder_is_one_line(tmp_path, capsys):
 def test_bench_run_ends_with_the_table_and_files(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["run", "--methods", "vanilla,pcl", "--datasets", "digits", "--backbones", "cifar_resnet8",
-                 "--seeds", "0,1", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+                 "--seeds", "0,1", "--epochs", "2", "--out", str(out), "--no-progress", "--launcher", "inline"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"\| Vanilla \| \**\d+\.\d\d ± \d+\.\d\d", text)
     assert re.search(r"\| PCL \| \**\d+\.\d\d ± \d+\.\d\d", text)

@@ -13,7 +13,8 @@ import pytest
 from bench import runs
 from bench.cli import main
 
-GRID = ["--datasets", "digits", "--backbones", "cifar_resnet8", "--epochs", "1", "--no-progress"]
+GRID = ["--datasets", "digits", "--backbones", "cifar_resnet8", "--epochs", "1", "--no-progress",
+        "--launcher", "inline"]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -29,7 +30,7 @@ def test_run_grid_then_skip_finished_runs(tmp_path, capsys):
     before = snapshot(out / "digits")
     capsys.readouterr()
     assert main(["run", "--methods", "vanilla,cl", "--seeds", "0,1", *GRID, "--out", str(out)]) == 0
-    assert "4 already done" in capsys.readouterr().out
+    assert "4 done: skipped" in capsys.readouterr().out
     assert snapshot(out / "digits") == before  # the runs are untouched (tables and plots are rewritten)
 
 

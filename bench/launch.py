@@ -1,0 +1,325 @@
+"""Launching a sweep's runs: `inline` (this process, for debugging), `local` (submitit subprocesses,
+`--max-parallel` at a time) or `slurm` (one submitit job array per sweep, from a cluster profile).
+
+Every launched run is a `RunJob`, a submitit `Checkpointable`: on preemption or time-out submitit calls
+`checkpoint()`, which requeues the same job; the requeued job resumes from the run's last checkpoint
+(epoch boundary). A run holds a lock (`running.json`, with a heartbeat) while it trains, so no second
+copy of it ever starts; resubmitting a sweep skips done runs and, without `--retry-failed`, failed ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench import runs
+from bench.config import SweepConfig
+from bench.errors import UsageError, did_you_mean, unknown
+from bench.sweep import RunSpec, prepare
+
+LAUNCHERS = ("local", "inline", "slurm")
+MANIFEST = "sweep.json"
+JOB_RECORD = "job.json"
+
+
+@dataclass
+class LaunchOptions:
+    launcher: str = "local"
+    cluster: Path | None = None
+    max_parallel: int = 1
+    wait: bool = True
+    retry_failed: bool = False
+    force: bool = False
+    progress_bar: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# one run, wherever it executes
+
+
+def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = None) -> dict[str, Any]:
+    """Train one run under its lock; a failure before training starts is recorded as a failed summary."""
+    from bench.train import train_run
+
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    if runs.run_status(spec.folder) == "done":  # e.g. a job requeued after its run had finished
+        return runs.read_json(spec.folder / runs.SUMMARY)
+    with runs.RunLock(spec.folder, job_id):
+        try:
+            return train_run(spec.config, spec.folder, progress_bar=progress_bar)
+        except Exception as err:
+            if runs.run_status(spec.folder) != "failed":
+                c = spec.config
+                runs.write_json(spec.folder / runs.SUMMARY, {
+                    "method": c.method, "backbone": c.backbone, "dataset": c.dataset, "seed": c.seed,
+                    "status": "failed", "error": f"{type(err).__name__}: {err}", "final": {}, "best": {}})
+            raise
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """The callable submitit runs for one run of a sweep; requeued as itself on preemption/time-out."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
+    def __call__(self, spec: RunSpec) -> dict[str, Any]:
+        import torch
+
+        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            job_id = submitit.JobEnvironment().job_id
+        except RuntimeError:
+            job_id = None
+        from bench.distributed import maybe_init_distributed
+
+        with maybe_init_distributed():
+            return execute_run(spec, progress_bar=False, job_id=job_id)
+
+    def checkpoint(self, spec: RunSpec) -> submitit.helpers.DelayedSubmission:
+        # the trainer checkpoints at every epoch boundary: resubmitting the same run resumes from there
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads), spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster profiles
+
+
+def valid_profile_keys() -> list[str]:
+    generic = sorted(submitit.AutoExecutor._valid_parameters())
+    slurm = sorted("slurm_" + k for k in submitit.SlurmExecutor._valid_parameters())
+    return generic + slurm
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """A SLURM profile: YAML with submitit's parameter names (timeout_min, gpus_per_node,
+    slurm_partition, slurm_setup, ...); unknown keys are errors with a close match."""
+    from bench.config import load_yaml
+
+    if not Path(path).exists():
+        raise UsageError(f"cluster profile not found: {path} (see slurm/*.yaml)")
+    profile = load_yaml(path)
+    valid = valid_profile_keys()
+    for key in profile:
+        if key not in valid:
+            raise UsageError(f"{path}: unknown key '{key}'{did_you_mean(key, valid)} (valid: submitit's "
+                             f"parameters, e.g. timeout_min, gpus_per_node, cpus_per_task, mem_gb, "
+                             f"slurm_partition, slurm_account, slurm_qos, slurm_setup)")
+    try:
+        submitit.AutoExecutor(folder="/tmp/okd-bench-profile-check", cluster="local").update_parameters(
+            **{k: v for k, v in profile.items() if not k.startswith("slurm_")})
+    except (AssertionError, NameError, TypeError, ValueError) as err:
+        raise UsageError(f"{path}: {str(err).splitlines()[0]}") from None
+    return profile
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep manifest and queue state
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    data = runs.read_json(Path(out) / MANIFEST)
+    return data if isinstance(data, dict) else {"runs": {}}
+
+
+def update_manifest(out: Path, **changes: Any) -> dict[str, Any]:
+    manifest = read_manifest(out)
+    run_changes = changes.pop("runs", {})
+    manifest.setdefault("runs", {})
+    for key, value in run_changes.items():
+        manifest["runs"][key] = {**manifest["runs"].get(key, {}), **value}
+    manifest.update(changes)
+    runs.write_json(Path(out) / MANIFEST, manifest)
+    return manifest
+
+
+def slurm_queue(job_ids: list[str]) -> dict[str, str]:
+    """{job id: state} of the given jobs still in the SLURM queue ({} without SLURM)."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def rel(spec: RunSpec, out: Path) -> str:
+    return spec.folder.relative_to(out).as_posix()
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+
+
+def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list[RunSpec], dict[str, int]]:
+    """Which runs to launch now, and counts of those skipped by reason."""
+    manifest = read_manifest(out)
+    queued = slurm_queue([r["job_id"] for r in manifest["runs"].values()
+                          if r.get("job_id") and r.get("launcher") == "slurm"])
+    todo, skipped = [], {"done": 0, "failed": 0, "running": 0}
+    for spec in specs:
+        status = runs.run_status(spec.folder)
+        job_id = manifest["runs"].get(rel(spec, out), {}).get("job_id")
+        if runs.lock_holder(spec.folder) is not None or job_id in queued:
+            skipped["running"] += 1
+        elif opts.force:
+            todo.append(spec)
+        elif status == "done":
+            skipped["done"] += 1
+        elif status in ("failed", "diverged") and not opts.retry_failed:
+            skipped["failed"] += 1
+        else:
+            todo.append(spec)
+    return todo, skipped
+
+
+def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
+    if opts.launcher not in LAUNCHERS:
+        raise unknown("launcher", opts.launcher, LAUNCHERS)
+    if opts.max_parallel < 1:
+        raise UsageError(f"--max-parallel must be at least 1, got {opts.max_parallel}")
+    if opts.launcher == "slurm":
+        if opts.cluster is None:
+            raise UsageError("--launcher slurm needs --cluster slurm/<profile>.yaml")
+        profile = load_profile(opts.cluster)
+        if shutil.which("sbatch") is None:
+            raise UsageError("--launcher slurm: sbatch not found on this machine (is SLURM installed?)")
+    out = Path(sweep.out)
+    specs = prepare(sweep, force=opts.force)
+    todo, skipped = classify(specs, out, opts)
+    notes = [f"{n} {k}" for k, n in skipped.items() if n]
+    print(f"sweep: {len(specs)} runs, {len(todo)} to run" + (f" ({', '.join(notes)}: skipped)" if notes else "")
+          + f" -> {out}  [preset: {preset}, launcher: {opts.launcher}]")
+    if skipped["failed"]:
+        print("  failed runs are not rerun without --retry-failed")
+    if opts.force:
+        for spec in todo:
+            runs.reset_run_folder(spec.folder)
+    update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_pid=os.getpid() if opts.wait else None,
+                    runs={rel(s, out): {"label": s.label} for s in specs})
+    if not todo:
+        report(out)
+        return 0
+    if opts.launcher == "inline":
+        failed = launch_inline(todo, opts)
+    elif opts.launcher == "local":
+        failed = launch_local(todo, out, opts)
+    else:
+        failed = launch_slurm(todo, out, opts, profile)
+        if failed is None:
+            return 0
+    report(out)
+    return 1 if failed else 0
+
+
+def _print_result(i: int, n: int, spec: RunSpec, seconds: float) -> bool:
+    """One line per finished run; True when the run did not end `done`."""
+    summary = runs.read_json(spec.folder / runs.SUMMARY) or {}
+    status = summary.get("status", "failed")
+    if status == "done":
+        head = summary["headline_model"]
+        shown = f"top-1 error {summary['final'][head]['top1_error']:.2f}% ({head})"
+    else:
+        shown = (summary.get("error") or (summary.get("divergence") or {}).get("message") or "no summary").strip()
+        shown = shown.splitlines()[-1] if shown else shown
+    stream = sys.stdout if status == "done" else sys.stderr
+    print(f"[{i}/{n}] {spec.label}: {status}, {shown} ({seconds:.1f}s)", file=stream)
+    return status != "done"
+
+
+def launch_inline(todo: list[RunSpec], opts: LaunchOptions) -> int:
+    failed = 0
+    for i, spec in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        try:
+            execute_run(spec, progress_bar=opts.progress_bar)
+        except runs.AlreadyRunning as err:
+            print(f"[{i}/{len(todo)}] {spec.label}: skipped, {err}", file=sys.stderr)
+            continue
+        except Exception:  # recorded in the run's summary; the sweep goes on
+            if os.environ.get("OKD_BENCH_DEBUG"):
+                traceback.print_exc(file=sys.stderr)
+        failed += _print_result(i, len(todo), spec, time.perf_counter() - t0)
+    return failed
+
+
+def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
+    """Each run in its own submitit subprocess, at most `max_parallel` at a time."""
+    executor = submitit.LocalExecutor(folder=out / ".submitit" / "%j")
+    executor.update_parameters(timeout_min=60 * 24 * 30)
+    threads = max(1, (os.cpu_count() or 1) // opts.max_parallel)
+    pending, running, failed, finished = list(todo), {}, 0, 0
+    t0 = {}
+    while pending or running:
+        while pending and len(running) < opts.max_parallel:
+            spec = pending.pop(0)
+            job = executor.submit(RunJob(threads), spec)
+            running[job.job_id] = (job, spec)
+            t0[job.job_id] = time.perf_counter()
+            runs.write_json(spec.folder / JOB_RECORD, {"launcher": "local", "job_id": job.job_id})
+            update_manifest(out, runs={rel(spec, out): {"launcher": "local", "job_id": job.job_id}})
+        time.sleep(0.5)
+        for job_id, (job, spec) in list(running.items()):
+            if job.done():
+                del running[job_id]
+                finished += 1
+                failed += _print_result(finished, len(todo), spec, time.perf_counter() - t0[job_id])
+    return failed
+
+
+def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: dict[str, Any]) -> int | None:
+    """One job array for the sweep; waits for it unless --no-wait (then returns None)."""
+    executor = submitit.AutoExecutor(folder=out / ".submitit" / "%j", cluster="slurm")
+    params = {"name": f"okd-{out.name}", "timeout_min": 60, "cpus_per_task": 1, **profile}
+    params.setdefault("slurm_array_parallelism", len(todo))
+    executor.update_parameters(**params)
+    jobs = executor.map_array(RunJob(), todo)
+    for job, spec in zip(jobs, todo):
+        runs.write_json(spec.folder / JOB_RECORD, {"launcher": "slurm", "job_id": job.job_id})
+    update_manifest(out, runs={rel(s, out): {"launcher": "slurm", "job_id": j.job_id} for j, s in zip(jobs, todo)})
+    print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); "
+          f"'bench status {out}' to follow, 'bench cancel {out}' to stop")
+    if not opts.wait:
+        return None
+    failed, started = 0, time.perf_counter()
+    by_id = {job.job_id: spec for job, spec in zip(jobs, todo)}
+    for i, job in enumerate(submitit.helpers.as_completed(jobs, poll_frequency=2), 1):
+        try:
+            job.result()
+        except Exception:
+            pass
+        failed += _print_result(i, len(jobs), by_id[job.job_id], time.perf_counter() - started)
+    return failed
+
+
+def report(out: Path) -> None:
+    """Print the sweep's table; write its tables and plots into the sweep folder."""
+    from bench.aggregate import TableSpec, load_runs, render, write_tables
+    from bench.plots import write_plots
+
+    collection = load_runs([out])
+    if collection.models.empty:
+        return
+    print()
+    print(render(collection, TableSpec(), "md"))
+    tables = write_tables(collection, out / "tables")
+    plots = write_plots(collection, out / "plots")
+    print(f"tables: {out / 'tables'} ({', '.join(p.name for p in tables)})")
+    print(f"plots:  {out / 'plots'} ({len(plots)} files: {', '.join(sorted({p.stem for p in plots}))})")

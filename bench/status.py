@@ -1,0 +1,168 @@
+"""`bench status` and `bench cancel`: the state of a sweep's runs, from its folder and the queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import runs
+from bench.config import parse_yaml
+from bench.errors import UsageError
+from bench.launch import MANIFEST, read_manifest, slurm_queue, update_manifest
+
+RUN_MARKERS = (runs.SUMMARY, runs.METRICS, runs.CONFIG, runs.CHECKPOINT, "job.json", runs.LOCK)
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: final state} from SLURM accounting ({} without sacct)."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job.strip()] = state.split()[0] if state.strip() else ""
+    return states
+
+
+def run_folders(out: Path) -> list[str]:
+    manifest = read_manifest(out)
+    found = set(manifest.get("runs", {}))
+    for marker in RUN_MARKERS:
+        for path in out.rglob(marker):
+            if ".submitit" not in path.parts and path.parent != out:
+                found.add(path.parent.relative_to(out).as_posix())
+    return sorted(found)
+
+
+def run_states(out: Path) -> list[dict]:
+    """One record per run: run, state, epoch, epochs, job, elapsed_s, error."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UsageError(f"sweep folder not found: {out}")
+    manifest = read_manifest(out)
+    entries = manifest.get("runs", {})
+    slurm_ids = [e["job_id"] for e in entries.values() if e.get("launcher") == "slurm" and e.get("job_id")]
+    queued = slurm_queue(slurm_ids)
+    accounted = sacct_states(slurm_ids) if slurm_ids else {}
+    records = []
+    for name in run_folders(out):
+        folder = out / name
+        entry = entries.get(name, {})
+        job_id = entry.get("job_id")
+        summary = runs.read_json(folder / runs.SUMMARY)
+        config = _read_config(folder)
+        done_epochs = len(runs.read_jsonl(folder / runs.METRICS))
+        epochs = (summary or {}).get("epochs") or (config or {}).get("epochs")
+        holder = runs.lock_holder(folder)
+        rec = {"run": name, "job": job_id or "", "epoch": done_epochs, "epochs": epochs, "elapsed_s": None,
+               "error": ""}
+        status = runs.run_status(folder)
+        if status in ("done", "failed", "diverged"):
+            rec["state"] = status
+            rec["elapsed_s"] = summary.get("wall_clock_s")
+            message = summary.get("error") or (summary.get("divergence") or {}).get("message") or ""
+            rec["error"] = message.strip().splitlines()[-1] if message.strip() else ""
+        elif holder is not None:
+            rec["state"] = "running"
+            rec["elapsed_s"] = time.time() - float(holder.get("started", time.time()))
+        elif job_id in queued:
+            rec["state"] = queued[job_id].lower()
+        elif manifest.get("cancelled") or accounted.get(job_id, "").startswith("CANCELLED"):
+            rec["state"] = "cancelled"
+        elif (folder / runs.CHECKPOINT).exists():
+            rec["state"] = "stopped"
+        else:
+            rec["state"] = "pending" if job_id else "missing"
+        records.append(rec)
+    return records
+
+
+def _read_config(folder: Path) -> dict | None:
+    try:
+        data = parse_yaml((folder / runs.CONFIG).read_text(encoding="utf-8"))
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def print_status(out: Path) -> int:
+    records = run_states(out)
+    if not records:
+        print(f"no runs in {out}")
+        return 0
+    width = max(len(r["run"]) for r in records)
+    print(f"{'run':<{width}}  {'state':<9}  {'epoch':>9}  {'job':<10}  {'elapsed':>8}  error")
+    for r in records:
+        epoch = f"{r['epoch']}/{r['epochs'] or '?'}"
+        print(f"{r['run']:<{width}}  {r['state']:<9}  {epoch:>9}  {r['job']:<10}  {_elapsed(r['elapsed_s']):>8}  "
+              f"{r['error']}")
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return 0
+
+
+def cancel(out: Path) -> int:
+    """scancel the sweep's SLURM jobs; stop its local jobs (and the local launcher driving them)."""
+    out = Path(out)
+    if not (out / MANIFEST).exists():
+        raise UsageError(f"{out} has no {MANIFEST}: not a sweep folder launched by bench run")
+    manifest = read_manifest(out)
+    update_manifest(out, cancelled=True)
+    slurm_ids = sorted({e["job_id"] for e in manifest["runs"].values()
+                        if e.get("launcher") == "slurm" and e.get("job_id")})
+    if slurm_ids:
+        if shutil.which("scancel") is None:
+            raise UsageError("scancel not found: cannot cancel SLURM jobs from this machine")
+        subprocess.run(["scancel", *slurm_ids], check=False)
+        print(f"cancelled {len(slurm_ids)} SLURM jobs")
+    pids = [int(e["job_id"]) for e in manifest["runs"].values()
+            if e.get("launcher") == "local" and str(e.get("job_id", "")).isdigit()]
+    if manifest.get("launcher_pid"):
+        pids.insert(0, int(manifest["launcher_pid"]))
+    stopped = 0
+    for pid in pids:
+        if pid != os.getpid() and _terminate(pid):
+            stopped += 1
+    if pids:
+        print(f"stopped {stopped} local processes")
+    if not slurm_ids and not pids:
+        print(f"nothing to cancel in {out}", file=sys.stderr)
+    return 0
+
+
+def _terminate(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True

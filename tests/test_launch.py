@@ -1,0 +1,164 @@
+"""The launcher: local submitit subprocesses, idempotent sweeps, locks, status, and a real SLURM cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import runs
+from bench.cli import main
+from bench.status import run_states
+from tests.slurm_helpers import require_slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "slurm" / "local.yaml"
+GRID = ["--datasets", "digits", "--backbones", "cifar_resnet8", "--no-progress"]
+
+
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def summaries(out: Path) -> dict[str, dict]:
+    return {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in out.rglob(runs.SUMMARY)}
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# local launcher (submitit subprocesses)
+
+
+def test_local_launcher_runs_in_parallel_and_status_shows_done(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["run", "--methods", "vanilla,one", "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out),
+                 "--launcher", "local", "--max-parallel", "2"])
+    assert code == 0
+    assert {s["status"] for s in summaries(out).values()} == {"done"} and len(summaries(out)) == 2
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 done" in text and "digits/cifar_resnet8/one/seed0" in text
+
+
+def test_failed_runs_are_kept_until_retry_failed(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["run", "--methods", "vanilla,dml", "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out),
+            "--launcher", "inline"]
+    assert main([*args, "dml.num_networks=1"]) == 1
+    states = {r["run"]: r for r in run_states(out)}
+    assert states["digits/cifar_resnet8/dml/seed0"]["state"] == "failed"
+    assert "num_networks >= 2" in states["digits/cifar_resnet8/dml/seed0"]["error"]
+    assert states["digits/cifar_resnet8/vanilla/seed0"]["state"] == "done"
+    capsys.readouterr()
+    assert main([*args, "dml.num_networks=1"]) == 0  # skipped, not rerun
+    assert "1 failed" in capsys.readouterr().out
+    assert main([*args, "dml.num_networks=2", "--retry-failed", "--force"]) == 0
+    assert {r["state"] for r in run_states(out)} == {"done"}
+
+
+def test_a_run_that_is_still_running_is_never_started_twice(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    folder = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", 0)
+    with runs.RunLock(folder):
+        assert main(["run", "--methods", "vanilla", "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out),
+                     "--launcher", "inline"]) == 0
+        assert "1 running" in capsys.readouterr().out
+        assert not (folder / runs.SUMMARY).exists()
+        assert [r["state"] for r in run_states(out)] == ["running"]
+        other = subprocess.run(  # another process cannot take the lock
+            [sys.executable, "-c", f"from bench import runs; runs.RunLock({str(folder)!r}).__enter__()"],
+            capture_output=True, text=True, cwd=ROOT)
+        assert other.returncode != 0 and "AlreadyRunning" in other.stderr
+    assert runs.lock_holder(folder) is None
+
+
+def test_profile_with_unknown_key_is_one_line(tmp_path, capsys):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("slurm_partiton: debug\n")
+    assert main(["run", "--launcher", "slurm", "--cluster", str(profile), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'slurm_partition'" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the real local SLURM cluster
+
+
+@pytest.mark.slurm
+def test_slurm_job_array_sweep_completes(tmp_path):
+    require_slurm()
+    out = tmp_path / "sweep"
+    proc = bench("run", "--launcher", "slurm", "--cluster", str(PROFILE), "--methods", "vanilla,pcl",
+                 "--seeds", "0,1", "--epochs", "2", *GRID, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = summaries(out)
+    assert len(done) == 4 and all(s["status"] == "done" for s in done.values())
+    manifest = json.loads((out / "sweep.json").read_text())
+    job_ids = {r["job_id"] for r in manifest["runs"].values()}
+    assert len({j.split("_")[0] for j in job_ids}) == 1 and len(job_ids) == 4  # one array, four tasks
+    status = bench("status", str(out))
+    assert "4 done" in status.stdout and status.returncode == 0
+
+
+@pytest.mark.slurm
+def test_slurm_requeue_resumes_to_the_uninterrupted_result(tmp_path):
+    require_slurm()
+    common = ["--methods", "vanilla", "--seeds", "0", "--epochs", "40", *GRID, "data.batch_size=16",
+              "--launcher", "slurm", "--cluster", str(PROFILE)]
+    cut, ref = tmp_path / "cut", tmp_path / "ref"
+    assert bench("run", *common, "--out", str(cut), "--no-wait").returncode == 0
+    assert bench("run", *common, "--out", str(ref), "--no-wait").returncode == 0
+    folder = runs.run_dir(cut, "digits", "cifar_resnet8", "vanilla", 0)
+    wait_for(lambda: len(runs.read_jsonl(folder / runs.METRICS)) >= 3, 240, "three epochs before the requeue")
+    job_id = json.loads((folder / "job.json").read_text())["job_id"]
+    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    wait_for(lambda: runs.run_status(folder) == "done", 300, "the requeued run to finish", every=1)
+    ref_folder = runs.run_dir(ref, "digits", "cifar_resnet8", "vanilla", 0)
+    wait_for(lambda: runs.run_status(ref_folder) == "done", 300, "the reference run", every=1)
+    resumed, reference = (json.loads((f / runs.SUMMARY).read_text()) for f in (folder, ref_folder))
+    assert resumed["resumes"] and resumed["resumes"][0]["epoch"] >= 3  # it really was cut and resumed
+    assert [r["epoch"] for r in runs.read_jsonl(folder / runs.METRICS)] == list(range(1, 41))
+    assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
+
+
+@pytest.mark.slurm
+def test_slurm_failed_run_is_reported_while_others_finish(tmp_path):
+    require_slurm()
+    out = tmp_path / "sweep"
+    proc = bench("run", "--launcher", "slurm", "--cluster", str(PROFILE), "--methods", "vanilla,dml",
+                 "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out), "dml.num_networks=1")
+    assert proc.returncode == 1
+    status = bench("status", str(out)).stdout
+    dml_line = next(line for line in status.splitlines() if "/dml/" in line)
+    assert "failed" in dml_line and "num_networks >= 2" in dml_line
+    assert "done" in next(line for line in status.splitlines() if "/vanilla/" in line)
+
+
+@pytest.mark.slurm
+def test_slurm_cancelled_sweep_is_seen_as_cancelled(tmp_path):
+    require_slurm()
+    out = tmp_path / "sweep"
+    assert bench("run", "--launcher", "slurm", "--cluster", str(PROFILE), "--methods", "vanilla", "--seeds", "0,1",
+                 "--epochs", "200", *GRID, "--out", str(out), "--no-wait").returncode == 0
+    wait_for(lambda: any(r["state"] == "running" for r in run_states(out)), 120, "a running job")
+    cancel = bench("cancel", str(out))
+    assert cancel.returncode == 0 and "cancelled 2 SLURM jobs" in cancel.stdout
+    states = wait_for(lambda: (s := run_states(out)) and all(r["state"] == "cancelled" for r in s) and s, 60,
+                      "both runs to be seen as cancelled")
+    assert len(states) == 2
+    assert "2 cancelled" in bench("status", str(out)).stdout

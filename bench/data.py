@@ -168,39 +168,49 @@ class Normalize:
 
 
 class TensorTrainLoader:
-    """Shuffled, augmented batches of a split held on `device`, `views` augmentations per image."""
+    """Shuffled, augmented batches of a split held on `device`, `views` augmentations per image.
+
+    With `world` > 1 processes, every rank draws the same permutation and takes its own 1/world of it
+    (`batch_size` stays the global batch), with its own augmentation stream."""
 
     def __init__(self, split: TensorSplit, spec: DatasetSpec, batch_size: int, views: int, seed: int,
-                 device: torch.device, channels_last: bool) -> None:
+                 device: torch.device, channels_last: bool, rank: int = 0, world: int = 1) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.spec, self.batch_size, self.views, self.seed, self.device = spec, batch_size, views, seed, device
+        self.spec, self.views, self.seed, self.device = spec, views, seed, device
+        self.rank, self.world = rank, world
+        self.batch_size = max(1, batch_size // world)
         self.normalize = Normalize(spec.mean, spec.std, device, channels_last)
 
     @property
     def num_samples(self) -> int:
-        return len(self.labels)
+        """Samples per epoch on this rank."""
+        return len(self.labels) // self.world
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[Tensor], Tensor]]:
         gen = epoch_generator(self.seed, epoch, self.device)
-        order = torch.randperm(self.num_samples, device=self.device, generator=gen)
+        order = torch.randperm(len(self.labels), device=self.device, generator=gen)
+        if self.world > 1:
+            order = order[self.rank::self.world][: self.num_samples]
+            gen = epoch_generator(self.seed + 104_729 * (self.rank + 1), epoch, self.device)
         for start in range(0, self.num_samples, self.batch_size):
             idx = order[start:start + self.batch_size]
             raw = self.images[idx]
             many = raw.repeat(self.views, 1, 1, 1) if self.views > 1 else raw
-            augmented = crop_flip(many, self.spec.pad, self.spec.flip, gen)
-            views = list(self.normalize(augmented).chunk(self.views)) if self.views > 1 else [
-                self.normalize(augmented)]
+            views = list(self.normalize(crop_flip(many, self.spec.pad, self.spec.flip, gen)).chunk(self.views))
             yield views, self.labels[idx]
 
 
 class TensorEvalLoader:
+    """The test split in order; with `world` > 1, this rank's share (rank, rank + world, ...)."""
+
     def __init__(self, split: TensorSplit, spec: DatasetSpec, batch_size: int, device: torch.device,
-                 channels_last: bool) -> None:
-        self.images, self.labels = split.images.to(device), split.labels.to(device)
+                 channels_last: bool, rank: int = 0, world: int = 1) -> None:
+        self.images = split.images[rank::world].to(device)
+        self.labels = split.labels[rank::world].to(device)
         self.batch_size = batch_size
         self.normalize = Normalize(spec.mean, spec.std, device, channels_last)
 
@@ -226,7 +236,7 @@ class MultiView:
 
 class FolderTrainLoader:
     def __init__(self, root: Path, spec: DatasetSpec, data_cfg, views: int, seed: int, device: torch.device,
-                 channels_last: bool) -> None:
+                 channels_last: bool, rank: int = 0, world: int = 1) -> None:
         from torchvision import datasets, transforms
 
         tf = transforms.Compose([
@@ -235,33 +245,34 @@ class FolderTrainLoader:
         ])
         self.dataset = datasets.ImageFolder(str(root), transform=MultiView(tf, views))
         _check_classes(self.dataset, spec)
-        self.seed, self.device, self.batch_size = seed, device, data_cfg.batch_size
-        self.generator = torch.Generator()
+        self.seed, self.device = seed, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         workers = data_cfg.workers
+        self.sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                           seed=seed, drop_last=True)
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=data_cfg.batch_size,
-            sampler=torch.utils.data.RandomSampler(self.dataset, generator=self.generator),
+            self.dataset, batch_size=max(1, data_cfg.batch_size // world), sampler=self.sampler,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             drop_last=False,
         )
 
     @property
     def num_samples(self) -> int:
-        return len(self.dataset)
+        return len(self.sampler)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[Tensor], Tensor]]:
-        self.generator.manual_seed(int(self.seed) * 1_000_003 + int(epoch) * 7_919 + 17)
+        self.sampler.set_epoch(epoch)  # the order depends on (seed, epoch) only
         for views, target in self.loader:
             yield ([v.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                     for v in views], target.to(self.device, non_blocking=True))
 
 
 class FolderEvalLoader:
-    def __init__(self, root: Path, spec: DatasetSpec, data_cfg, device: torch.device, channels_last: bool) -> None:
+    def __init__(self, root: Path, spec: DatasetSpec, data_cfg, device: torch.device, channels_last: bool,
+                 rank: int = 0, world: int = 1) -> None:
         from torchvision import datasets, transforms
 
         resize = int(round(spec.image_size / 0.875))
@@ -271,7 +282,8 @@ class FolderEvalLoader:
         _check_classes(self.dataset, spec)
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=data_cfg.eval_batch_size,
+        shard = torch.utils.data.Subset(self.dataset, range(rank, len(self.dataset), world))
+        self.loader = torch.utils.data.DataLoader(shard, batch_size=data_cfg.eval_batch_size,
                                                   num_workers=data_cfg.workers, pin_memory=device.type == "cuda")
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -285,12 +297,14 @@ def _check_classes(dataset, spec: DatasetSpec) -> None:
                          f"{spec.num_classes}")
 
 
-def build_loaders(dataset: str, data_cfg, views: int, seed: int, device: torch.device, channels_last: bool):
-    """(train loader, eval loader, spec) for a registered dataset."""
+def build_loaders(dataset: str, data_cfg, views: int, seed: int, device: torch.device, channels_last: bool,
+                  rank: int = 0, world: int = 1):
+    """(train loader, eval loader, spec) for a registered dataset; sharded over `world` ranks."""
     spec = DATASETS.get(dataset)
     train_src, test_src = spec.load(data_cfg, True), spec.load(data_cfg, False)
     if isinstance(train_src, TensorSplit):
-        return (TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last),
-                TensorEvalLoader(test_src, spec, data_cfg.eval_batch_size, device, channels_last), spec)
-    return (FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last),
-            FolderEvalLoader(test_src, spec, data_cfg, device, channels_last), spec)
+        return (TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last,
+                                  rank, world),
+                TensorEvalLoader(test_src, spec, data_cfg.eval_batch_size, device, channels_last, rank, world), spec)
+    return (FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last, rank, world),
+            FolderEvalLoader(test_src, spec, data_cfg, device, channels_last, rank, world), spec)

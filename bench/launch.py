@@ -9,6 +9,7 @@ copy of it ever starts; resubmitting a sweep skips done runs and, without `--ret
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ class LaunchOptions:
     launcher: str = "local"
     cluster: Path | None = None
     max_parallel: int = 1
+    tasks_per_node: int = 1
     wait: bool = True
     retry_failed: bool = False
     force: bool = False
@@ -48,16 +50,18 @@ class LaunchOptions:
 
 def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = None) -> dict[str, Any]:
     """Train one run under its lock; a failure before training starts is recorded as a failed summary."""
+    from bench.distributed import is_main
     from bench.train import train_run
 
     spec.folder.mkdir(parents=True, exist_ok=True)
     if runs.run_status(spec.folder) == "done":  # e.g. a job requeued after its run had finished
         return runs.read_json(spec.folder / runs.SUMMARY)
-    with runs.RunLock(spec.folder, job_id):
+    lock = runs.RunLock(spec.folder, job_id) if is_main() else contextlib.nullcontext()
+    with lock:
         try:
             return train_run(spec.config, spec.folder, progress_bar=progress_bar)
         except Exception as err:
-            if runs.run_status(spec.folder) != "failed":
+            if is_main() and runs.run_status(spec.folder) != "failed":
                 c = spec.config
                 runs.write_json(spec.folder / runs.SUMMARY, {
                     "method": c.method, "backbone": c.backbone, "dataset": c.dataset, "seed": c.seed,
@@ -195,6 +199,9 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
         raise unknown("launcher", opts.launcher, LAUNCHERS)
     if opts.max_parallel < 1:
         raise UsageError(f"--max-parallel must be at least 1, got {opts.max_parallel}")
+    if opts.tasks_per_node < 1 or (opts.tasks_per_node > 1 and opts.launcher != "local"):
+        raise UsageError("--tasks-per-node N (>= 1) is for --launcher local; on SLURM set tasks_per_node in the "
+                         "cluster profile")
     if opts.launcher == "slurm":
         if opts.cluster is None:
             raise UsageError("--launcher slurm needs --cluster slurm/<profile>.yaml")
@@ -263,8 +270,8 @@ def launch_inline(todo: list[RunSpec], opts: LaunchOptions) -> int:
 def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
     """Each run in its own submitit subprocess, at most `max_parallel` at a time."""
     executor = submitit.LocalExecutor(folder=out / ".submitit" / "%j")
-    executor.update_parameters(timeout_min=60 * 24 * 30)
-    threads = max(1, (os.cpu_count() or 1) // opts.max_parallel)
+    executor.update_parameters(timeout_min=60 * 24 * 30, tasks_per_node=opts.tasks_per_node)
+    threads = max(1, (os.cpu_count() or 1) // (opts.max_parallel * opts.tasks_per_node))
     pending, running, failed, finished = list(todo), {}, 0, 0
     t0 = {}
     while pending or running:

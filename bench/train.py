@@ -25,6 +25,7 @@ import yaml
 
 from bench import runs
 from bench.config import RunConfig, parse_yaml, to_dict
+from bench.distributed import world
 from bench.errors import UsageError
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
@@ -170,7 +171,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.epochs < 1:
             raise UsageError(f"epochs must be at least 1, got {cfg.epochs}")
+        self.rank, self.world = world()
         self.device = resolve_device(cfg.compute.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         self.amp_dtype = autocast_dtype(cfg.compute.amp, self.device)
         spec = DATASETS.get(cfg.dataset)
         seed_everything(cfg.seed)
@@ -183,7 +187,12 @@ class Trainer:
         self.method.to(self.device, memory_format=memory_format)
         self.deployed_params = count_params(factory())
         self.train_loader, self.eval_loader, self.spec = build_loaders(
-            cfg.dataset, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last)
+            cfg.dataset, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
+            self.rank, self.world)
+        self.train_module: torch.nn.Module = self.method
+        if self.world > 1:  # gradients all-reduced; the method's forward() is its losses()
+            self.train_module = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
@@ -198,6 +207,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
         state = {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "epoch": self.start_epoch, "step": self.step, "history": self.history, "best": self.best,
                  "resumes": self.resumes, "rng": rng_state()}
@@ -234,7 +245,7 @@ class Trainer:
         for i, (views, target) in enumerate(loader.epoch(epoch)):
             progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs)
             with self.autocast():
-                terms = method.losses(views, target, progress)
+                terms = self.train_module(views, target, progress)
             total = sum(terms.values())
             finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
             first_bad = (bad_step < 0) & ~finite.all()
@@ -249,6 +260,8 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
             sums["total"] = sums.get("total", 0.0) + total.detach().float()
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                if self.world > 1:  # every rank stops together when any diverged
+                    torch.distributed.all_reduce(bad_step, op=torch.distributed.ReduceOp.MAX)
                 if int(bad_step) >= 0:
                     names = [n for n, bad in zip(terms, bad_terms.tolist()) if bad]
                     raise Diverged(epoch + 1, int(bad_step), names)
@@ -272,6 +285,14 @@ class Trainer:
                 correct1[name] = correct1.get(name, 0) + hit[:, 0].sum()
                 correct5[name] = correct5.get(name, 0) + hit.any(1).sum()
             n += len(y)
+        if self.world > 1:
+            names = sorted(correct1)
+            counts = torch.tensor([n] + [int(correct1[k]) for k in names] + [int(correct5[k]) for k in names],
+                                  dtype=torch.long, device=self.device)
+            torch.distributed.all_reduce(counts)
+            n = int(counts[0])
+            correct1 = dict(zip(names, counts[1:1 + len(names)].tolist()))
+            correct5 = dict(zip(names, counts[1 + len(names):].tolist()))
         return {name: {"top1_error": 100.0 * (n - int(correct1[name])) / n,
                        "top5_error": 100.0 * (n - int(correct5[name])) / n} for name in correct1}
 
@@ -280,12 +301,15 @@ class Trainer:
         self.cfg.options = options_dict(resolve_options(self.cfg.method, self.cfg.options))
         check_run_folder(self.folder, self.cfg, force=False)
         self.setup()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        runs.write_text(self.folder / runs.CONFIG, yaml.safe_dump(config_record(self.cfg), sort_keys=False))
+        main = self.rank == 0
+        if main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            runs.write_text(self.folder / runs.CONFIG, yaml.safe_dump(config_record(self.cfg), sort_keys=False))
         if self.load_checkpoint() and self.start_epoch < self.cfg.epochs:
             self.resumes.append({"epoch": self.start_epoch, "job_id": os.environ.get("SLURM_JOB_ID")})
-        runs.write_jsonl(self.folder / runs.METRICS, self.history)
-        (self.folder / runs.SUMMARY).unlink(missing_ok=True)
+        if main:
+            runs.write_jsonl(self.folder / runs.METRICS, self.history)
+            (self.folder / runs.SUMMARY).unlink(missing_ok=True)
         cfg = self.cfg
         bar = self._bar()
         try:
@@ -298,7 +322,7 @@ class Trainer:
                           "top1_error": {k: v["top1_error"] for k, v in errors.items()},
                           "top5_error": {k: v["top5_error"] for k, v in errors.items()},
                           "epoch_s": time.perf_counter() - t0,
-                          "images_per_s": self.train_loader.num_samples / max(train_s, 1e-9)}
+                          "images_per_s": self.world * self.train_loader.num_samples / max(train_s, 1e-9)}
                 self.history.append(record)
                 for name, err in errors.items():
                     if name not in self.best or err["top1_error"] < self.best[name]["top1_error"]:
@@ -320,7 +344,7 @@ class Trainer:
         return self.finish("done")
 
     def _bar(self):
-        if not self.progress_bar:
+        if not self.progress_bar or self.rank != 0:
             return None
         from tqdm import tqdm
 
@@ -343,15 +367,26 @@ class Trainer:
             "images_per_s": (float(np.mean([r["images_per_s"] for r in self.history])) if self.history else None),
             "device": str(self.device), "device_name": device_name(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-            "channels_last": cfg.compute.channels_last,
+            "channels_last": cfg.compute.channels_last, "world_size": self.world,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),
             "git_commit": git_commit(),
             **extra,
         }
-        runs.write_json(self.folder / runs.SUMMARY, summary)
+        if self.world > 1:
+            summary["ranks_in_sync"] = self.ranks_in_sync()
+        if self.rank == 0:
+            runs.write_json(self.folder / runs.SUMMARY, summary)
         return summary
+
+    def ranks_in_sync(self) -> bool:
+        """Whether every rank ends with the same trainable parameters (DDP kept them in step)."""
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in self.method.parameters() if p.requires_grad]).sum()
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, checksum)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def device_name(device: torch.device) -> str:

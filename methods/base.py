@@ -61,6 +61,10 @@ class OnlineKDMethod(nn.Module):
         """Logits of every eval model on a test batch, in one pass."""
         raise NotImplementedError
 
+    def forward(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
+        """The loss terms: forward() is losses(), so DistributedDataParallel can wrap a method."""
+        return self.losses(views, target, progress)
+
     def after_step(self, step: int) -> None:
         """Called after each optimizer step; `step` = optimizer steps taken so far (1 after the first)."""
 

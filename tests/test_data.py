@@ -128,3 +128,15 @@ def test_imagenet_image_folder_gives_views(tmp_path):
 def test_missing_imagenet_is_one_clear_error(tmp_path):
     with pytest.raises(UsageError, match="ImageFolder tree"):
         DATASETS.get("imagenet").load(DataConfig(root=str(tmp_path)), True)
+
+
+def test_ranks_take_disjoint_shares_of_one_permutation():
+    split = TensorSplit(torch.arange(41, dtype=torch.uint8).view(41, 1, 1, 1).repeat(1, 3, 4, 4), torch.arange(41))
+    spec = DATASETS.get("digits")
+    shards = [TensorTrainLoader(split, spec, 8, views=1, seed=3, device=CPU, channels_last=False, rank=r, world=2)
+              for r in range(2)]
+    seen = [torch.cat([t for _, t in loader.epoch(0)]) for loader in shards]
+    assert len(seen[0]) == len(seen[1]) == 20 and shards[0].batch_size == 4
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
+    single = torch.cat([t for _, t in TensorTrainLoader(split, spec, 8, 1, 3, CPU, False).epoch(0)])
+    assert torch.equal(torch.stack([seen[0], seen[1]], 1).flatten(), single[:40])

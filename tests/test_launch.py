@@ -162,3 +162,14 @@ def test_slurm_cancelled_sweep_is_seen_as_cancelled(tmp_path):
                       "both runs to be seen as cancelled")
     assert len(states) == 2
     assert "2 cancelled" in bench("status", str(out)).stdout
+
+
+def test_two_process_distributed_run_with_gloo(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "pcl", "--seeds", "0", "--epochs", "2", *GRID, "--out", str(out),
+                 "--launcher", "local", "--tasks-per-node", "2"]) == 0
+    summary = next(iter(summaries(out).values()))
+    assert summary["status"] == "done" and summary["world_size"] == 2 and summary["ranks_in_sync"] is True
+    folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
+    assert [r["epoch"] for r in runs.read_jsonl(folder / runs.METRICS)] == [1, 2]  # written by rank 0 only
+    assert summary["final"]["mean_teacher0"]["top1_error"] < 60.0

@@ -33,8 +33,13 @@ def run_dir(out: Path, dataset: str, backbone: str, method: str, seed: int) -> P
     return Path(out).joinpath(safe_part(dataset), safe_part(backbone), safe_part(method), f"seed{int(seed)}")
 
 
+# Fault-injection aid for the tests: seconds to pause inside every write, before the rename.
+_SLOW_WRITE_S = float(os.environ.get("OKD_BENCH_SLOW_WRITE_S", "0") or 0)
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over `path`."""
+    """Write through a temp file in the same folder, fsync, then rename over `path`: a reader sees the
+    old file or the new one, never a partial one, whenever the writer is killed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -42,6 +47,10 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             write(f)
             f.flush()
+            if _SLOW_WRITE_S:
+                import time
+
+                time.sleep(_SLOW_WRITE_S)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -178,6 +187,12 @@ class RunLock:
         self._stop.set()
         self._thread.join(timeout=5)
         (self.folder / LOCK).unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Temp files left by a writer that was killed mid-write (the real files are intact)."""
+    for path in Path(folder).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def reset_run_folder(folder: Path) -> None:

@@ -56,8 +56,8 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
         raise UsageError(f"data.workers must be >= 0, got {sweep.data.workers}")
     if sweep.optim.lr <= 0:
         raise UsageError(f"optim.lr must be positive, got {sweep.optim.lr}")
-    for m in sweep.options:
-        METHODS.get(m)  # options for a method that does not exist
+    for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too
+        resolve_options(m, overrides)
     return {m: options_dict(resolve_options(m, sweep.options.get(m))) for m in sweep.methods}
 
 

@@ -304,6 +304,7 @@ class Trainer:
         main = self.rank == 0
         if main:
             self.folder.mkdir(parents=True, exist_ok=True)
+            runs.remove_stale_temp_files(self.folder)
             runs.write_text(self.folder / runs.CONFIG, yaml.safe_dump(config_record(self.cfg), sort_keys=False))
         if self.load_checkpoint() and self.start_epoch < self.cfg.epochs:
             self.resumes.append({"epoch": self.start_epoch, "job_id": os.environ.get("SLURM_JOB_ID")})

@@ -1,0 +1,180 @@
+"""Reliability: kill-anywhere exact resume, divergence in a sweep, the bad-input corpus, safe names."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import runs
+from bench.cli import main
+from bench.status import run_states
+from methods.base import METHODS, register_method
+from methods.vanilla import Vanilla
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).parent / "bad_inputs"
+
+
+# ---------------------------------------------------------------------------------------------
+# kill anywhere, resume exactly
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
+    """A real training process is SIGKILLed at random moments (writes slowed so that some kills land
+    inside a checkpoint write) and rerun until done, over and over; every finished run equals the
+    uninterrupted one, and nothing half-written is ever on disk."""
+    args = [sys.executable, "-m", "bench.cli", "run", "--methods", "pcl", "--datasets", "digits",
+            "--backbones", "cifar_resnet8", "--seeds", "0", "--epochs", "4", "--launcher", "inline", "--no-progress"]
+    env = {**os.environ, "OKD_BENCH_SLOW_WRITE_S": "0.25"}
+    subprocess.run([*args, "--out", str(tmp_path / "ref")], check=True, capture_output=True, env=env, cwd=ROOT)
+    reference = json.loads(next((tmp_path / "ref").rglob(runs.SUMMARY)).read_text())
+
+    rng = random.Random(0)
+    kills = mid_write = finished = 0
+    attempt = 0
+    while kills < 10 or finished < 1:
+        out = tmp_path / f"cut{finished}"
+        folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
+        proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env, cwd=ROOT)
+        started = time.time()  # wait until this process holds the run (imports done), then kill at random
+        while proc.poll() is None and (runs.read_json(folder / runs.LOCK) or {}).get("pid") != proc.pid:
+            assert time.time() - started < 120, "the run never started"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.5, 3.0) if kills < 10 else 300)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            mid_write += any(p.name.endswith(".tmp") for p in folder.iterdir())
+            for path in (folder / runs.METRICS, folder / runs.SUMMARY):  # whatever is on disk parses
+                if path.exists():
+                    text = path.read_text()
+                    [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
+            if (folder / runs.CHECKPOINT).exists():
+                torch.load(folder / runs.CHECKPOINT, weights_only=True)
+        else:
+            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+        if runs.run_status(folder) == "done":
+            resumed = json.loads((folder / runs.SUMMARY).read_text())
+            assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
+            assert [r["epoch"] for r in runs.read_jsonl(folder / runs.METRICS)] == list(range(1, 5))
+            assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+            finished += 1
+        attempt += 1
+        assert attempt < 60
+    assert mid_write >= 1, f"no kill landed inside a write ({kills} kills)"
+
+
+# ---------------------------------------------------------------------------------------------
+# divergence
+
+
+@pytest.fixture
+def nan_method():
+    """A test-only method whose loss turns NaN at its 5th step."""
+
+    @register_method("nan_at_step5")
+    class NanAtStep5(Vanilla):
+        def losses(self, views, target, progress):
+            ce = F.cross_entropy(self.net(views[0]), target)
+            bad = torch.tensor(float("nan")) if progress.step >= 4 else torch.tensor(0.0)
+            return {"ce": ce, "kd": bad}
+
+    yield "nan_at_step5"
+    METHODS._items.pop("nan_at_step5")
+
+
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(nan_method, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["run", "--methods", f"{nan_method},vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8",
+                 "--seeds", "0", "--epochs", "2", "--launcher", "inline", "--no-progress", "--out", str(out)])
+    assert code == 1
+    bad = json.loads((runs.run_dir(out, "digits", "cifar_resnet8", nan_method, 0) / runs.SUMMARY).read_text())
+    assert bad["status"] == "diverged"
+    assert bad["divergence"]["terms"] == ["kd"] and bad["divergence"]["step"] == 4 and bad["divergence"]["epoch"] == 1
+    states = {r["run"].split("/")[2]: r["state"] for r in run_states(out)}
+    assert states == {nan_method: "diverged", "vanilla": "done"}
+    assert "diverged" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the bad-input corpus: tests/bad_inputs/*.yaml, each with its expected message in `# expect:`
+
+
+def corpus_cases():
+    for path in sorted(CORPUS.glob("*.yaml")):
+        header = path.read_text().splitlines()[0]
+        assert header.startswith("# expect: "), path
+        yield pytest.param(path, header.removeprefix("# expect: "), id=path.stem)
+
+
+@pytest.mark.parametrize("path,expected", list(corpus_cases()))
+def test_bad_config_file_is_one_line_and_touches_nothing(path, expected, tmp_path, capsys):
+    out = tmp_path / "out"
+    before = path.read_bytes()
+    flag = ["--cluster", str(path), "--launcher", "slurm"] if path.stem.startswith("profile_") else [
+        "--config", str(path)]
+    assert main(["run", *flag, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert not out.exists() and path.read_bytes() == before
+
+
+def test_bad_input_leaves_an_existing_sweep_untouched(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
+            "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for bad in (["--methods", "vanila"], ["optim.lr=-1"], ["--seeds", "1,x"], ["--epochs", "3"], ["pcl.nope=1"]):
+        assert main([*args, *bad]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    assert "did you mean 'vanilla'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# safe names and loading
+
+
+@pytest.mark.parametrize("part", ["../../etc", "/abs/path", "a/../../b", "..", "x\\..\\y"])
+def test_run_folders_never_escape_the_results_folder(part, tmp_path):
+    out = tmp_path / "out"
+    try:
+        folder = runs.run_dir(out, part, part, part, 0)
+    except Exception as err:  # a name that cannot be sanitised is refused
+        assert "cannot name a run folder" in str(err)
+        return
+    assert folder.resolve().is_relative_to(out.resolve())
+    assert len(folder.relative_to(out).parts) == 4
+
+
+def test_checkpoints_are_loaded_with_weights_only(tmp_path):
+    import pickle
+
+    from bench.config import SweepConfig, from_dict, load_preset, run_config
+    from bench.train import Trainer
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    sweep = from_dict(SweepConfig, load_preset("demo"))
+    sweep.epochs = 1
+    cfg = run_config(sweep, "vanilla", "cifar_resnet8", "digits", 0, {})
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / runs.CHECKPOINT).write_bytes(pickle.dumps({"epoch": Evil()}))
+    trainer = Trainer(cfg, folder, progress_bar=False)
+    summary = trainer.run()  # the unreadable checkpoint is ignored, training starts over
+    assert summary["status"] == "done" and not (tmp_path / "pwned").exists()

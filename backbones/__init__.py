@@ -27,10 +27,16 @@ def check_backbone(name: str) -> None:
         raise unknown("backbone", name, CIFAR_BACKBONES + timm.list_models())
 
 
-def create_backbone(name: str, num_classes: int, **kwargs) -> timm.models.nn.Module:
-    """A freshly initialised backbone (never pretrained weights: nothing downloads)."""
+def create_backbone(name: str, num_classes: int, img_size: int | None = None, **kwargs) -> timm.models.nn.Module:
+    """A freshly initialised backbone (never pretrained weights: nothing downloads). `img_size` is passed
+    to models built for a fixed input size (ViT, Swin, ...) and ignored by the others."""
     check_backbone(name)
+    if img_size is not None and not name.startswith("cifar_"):
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size, **kwargs)
+        except TypeError:
+            pass  # the model takes any input size
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError, AssertionError) as err:
         raise UsageError(f"backbone '{name}' cannot be built: {err}") from None

@@ -180,7 +180,7 @@ class Trainer:
         seed_everything(cfg.seed)
 
         def factory() -> torch.nn.Module:
-            return create_backbone(cfg.backbone, spec.num_classes)
+            return create_backbone(cfg.backbone, spec.num_classes, img_size=spec.image_size)
 
         self.method: OnlineKDMethod = build_method(cfg.method, factory, spec.num_classes, cfg.options)
         memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format

@@ -39,6 +39,7 @@ class SharedTrunk(nn.Module):
                 branches.append(split_model(backbone(), opts.branch_point or None).branch)
         self.branches = nn.ModuleList(branches)
         self.trunk_channels, self.feature_dim = first.trunk_channels, first.feature_dim
+        self.pool = first.pool  # trunk output -> [B, C] (NCHW, NHWC or tokens)
 
     def run_branches(self, shared: Tensor) -> list[tuple[Tensor, Tensor]]:
         return [branch(shared) for branch in self.branches]

@@ -36,14 +36,14 @@ class ONE(OnlineKDMethod):
             raise UsageError(f"one needs num_branches >= 2, got {opts.num_branches}")
         self.net = SharedTrunk(backbone, opts.num_branches, opts)
         m = opts.num_branches
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(self.net.trunk_channels, m),
-                                  nn.BatchNorm1d(m), nn.ReLU(inplace=True), nn.Softmax(dim=1))
+        self.gate = nn.Sequential(nn.Linear(self.net.trunk_channels, m), nn.BatchNorm1d(m), nn.ReLU(inplace=True),
+                                  nn.Softmax(dim=1))  # on the globally pooled trunk output
 
     def forward_all(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Branch logits and the gated ensemble logits."""
         shared = self.net.trunk(x)
         logits = [z for z, _ in self.net.run_branches(shared)]
-        gate = self.gate(shared)
+        gate = self.gate(self.net.pool(shared))
         teacher = (gate.unsqueeze(2) * torch.stack(logits, dim=1)).sum(1)
         return logits, teacher
 

@@ -47,16 +47,22 @@ class Branch(nn.Module):
         self.model = model
         self.stage_names = list(stage_names)
 
-    def features(self, x: Tensor) -> Tensor:
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The branch's stages: the feature map before pooling."""
         for name in self.stage_names:
             x = self.model.get_submodule(name)(x)
-        return self.model.forward_head(x, pre_logits=True)
+        return x
+
+    def head(self, feature_map: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, pooled feature) of a feature map. The head runs twice (cheap: a pooling), since some
+        classifiers are convolutions on an unflattened pool (DLA)."""
+        return self.model.forward_head(feature_map), self.model.forward_head(feature_map, pre_logits=True)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.model.forward_head(self.feature_map(x), pre_logits=True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        for name in self.stage_names:
-            x = self.model.get_submodule(name)(x)
-        # the head twice (cheap: pooling): some classifiers are convolutions on an unflattened pool (DLA)
-        return self.model.forward_head(x), self.model.forward_head(x, pre_logits=True)
+        return self.head(self.feature_map(x))
 
 
 @dataclass

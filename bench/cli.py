@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `bench list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
+from methods.batching import per_group_batchnorm
 from methods.losses import kd_loss
 from methods.multibranch import BranchOptions, SharedTrunk
 
@@ -32,6 +33,7 @@ class PCLOptions(BranchOptions):
     num_peers: int = 3
     temperature: float = 3.0
     ema_decay: float = 0.999  # the cap of the mean teacher's decay alpha
+    batch_views: bool = True  # the m views through the shared trunk in one call, BN statistics per view
 
 
 @register_method("pcl")
@@ -54,11 +56,13 @@ class PCL(OnlineKDMethod):
         m, t, w = self.opts.num_peers, self.opts.temperature, progress.rampup
         if len(views) != m:
             raise ValueError(f"pcl expects {m} views per batch, got {len(views)}")
-        peers = [self.net.branches[i](self.net.trunk(x)) for i, x in enumerate(views)]
+        shared = self.trunk_views(self.net, views)
+        peers = [branch(x) for branch, x in zip(self.net.branches, shared)]
         logits = [z for z, _ in peers]
         ensemble = self.ensemble_head(torch.cat([h for _, h in peers], dim=1))
         with torch.no_grad():
-            mean_logits = [self.mean_teacher.branches[i](self.mean_teacher.trunk(x))[0] for i, x in enumerate(views)]
+            teacher_shared = self.trunk_views(self.mean_teacher, views)
+            mean_logits = [branch(x)[0] for branch, x in zip(self.mean_teacher.branches, teacher_shared)]
         teacher = ensemble.detach()
         return {
             "ce_ensemble": F.cross_entropy(ensemble, target),
@@ -67,6 +71,14 @@ class PCL(OnlineKDMethod):
             "kd_mean_teacher": (w / (m - 1)) * sum(
                 kd_loss(z_i, z_t, t) for i, z_i in enumerate(logits) for j, z_t in enumerate(mean_logits) if j != i),
         }
+
+    def trunk_views(self, net: SharedTrunk, views: list[Tensor]) -> list[Tensor]:
+        """trunk(x_i) for every view: one batched call with per-view BatchNorm statistics (the same math
+        as one call per view), or one call per view."""
+        if not self.opts.batch_views:
+            return [net.trunk(x) for x in views]
+        with per_group_batchnorm(net.trunk, len(views)):
+            return list(net.trunk(torch.cat(views)).chunk(len(views)))
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:

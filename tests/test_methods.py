@@ -167,3 +167,18 @@ def test_every_method_learns_digits(method_name, tmp_path):
     assert summary["status"] == "done"
     error = summary["final"][summary["headline_model"]]["top1_error"]
     assert error < 35.0, f"{method_name}: headline top-1 error {error:.1f}% (chance: 90%)"
+
+
+@pytest.mark.parametrize("backbone", ["cifar_resnet8", "cifar_densenet40_12"])
+def test_pcl_batched_views_give_the_same_losses_and_bn_statistics(backbone):
+    torch.manual_seed(0)
+    batched = build_method("pcl", lambda: timm.create_model(backbone, num_classes=10), 10, {"batch_views": True})
+    plain = build_method("pcl", lambda: timm.create_model(backbone, num_classes=10), 10, {"batch_views": False})
+    plain.load_state_dict(batched.state_dict())
+    views = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    a = batched.losses(views, torch.tensor([0, 1, 2, 3]), Progress(40, 0))
+    b = plain.losses(views, torch.tensor([0, 1, 2, 3]), Progress(40, 0))
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-5), name
+    for (name, x), (_, y) in zip(batched.state_dict().items(), plain.state_dict().items()):
+        assert torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-5), name  # running statistics too

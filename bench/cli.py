@@ -210,6 +210,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    import backbones
+    from bench.speed import run_speed
+    from methods import METHODS
+
+    methods = parse_names(args.methods, "methods")
+    for m in methods:
+        METHODS.get(m)
+    names = parse_names(args.backbones, "backbones")
+    for b in names:
+        backbones.check_backbone(b)
+    return run_speed(methods, names, args.device, args.batch_size, args.amp, not args.no_channels_last,
+                     args.csv, args.rounds, args.steps, args.workers)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="okd-bench: train and compare online knowledge distillation "
                                                "methods, and turn the runs into tables and plots.")
@@ -251,6 +266,19 @@ def make_parser() -> argparse.ArgumentParser:
     add_table_flags(p)
     p.add_argument("--write", metavar="DIR", help="output folder (default: <first results folder>/plots)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("speed", help="benchmark: harness vs reference-style training path, side by side")
+    p.add_argument("--methods", default="vanilla,dml,cl,one,okddip,pcl")
+    p.add_argument("--backbones", default="cifar_resnet32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--amp", default="auto", help="harness autocast: auto (bf16 on CUDA), bf16, off")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per method")
+    p.add_argument("--steps", type=int, default=3, help="training steps per path per round")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
+    p.add_argument("--csv", type=Path, help="write the results as CSV")
+    p.set_defaults(func=cmd_speed)
 
     p = sub.add_parser("list", help="registered methods, backbones, datasets and presets")
     p.add_argument("--all", action="store_true", help="list every timm backbone")

@@ -94,7 +94,7 @@ def test_cifar_through_torchvision_on_tiny_files(kind, tmp_path, skip_cifar_md5)
     cfg = DataConfig(root=str(tmp_path), batch_size=8, eval_batch_size=8)
     train, test, spec = build_loaders(kind, cfg, views=2, seed=0, device=CPU, channels_last=False)
     assert spec.num_classes == (10 if kind == "cifar10" else 100)
-    assert train.num_samples == 40 and train.images.shape == (40, 3, 32, 32)
+    assert train.num_samples == 40 and train.store.shape == (40, 40, 40, 3)
     views, target = next(iter(train.epoch(0)))
     assert len(views) == 2 and views[0].shape == (8, 3, 32, 32)
     assert sum(len(y) for _, y in test) == 20
@@ -140,3 +140,19 @@ def test_ranks_take_disjoint_shares_of_one_permutation():
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
     single = torch.cat([t for _, t in TensorTrainLoader(split, spec, 8, 1, 3, CPU, False).epoch(0)])
     assert torch.equal(torch.stack([seen[0], seen[1]], 1).flatten(), single[:40])
+
+
+def test_loader_batches_equal_torchvision_math_on_the_same_crops():
+    """The loader's pre-normalised store gives exactly Normalize(crop_flip(raw)) for the same random draws,
+    i.e. torchvision's RandomCrop(padding) -> Flip -> ToTensor -> Normalize with zero padding."""
+    from bench.data import epoch_generator
+
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    spec = DATASETS.get("cifar10")
+    loader = TensorTrainLoader(TensorSplit(images, torch.arange(20)), spec, 8, 1, seed=5, device=CPU,
+                               channels_last=False)
+    (batch,), target = next(iter(loader.epoch(2)))
+    gen = epoch_generator(5, 2, CPU)
+    order = torch.randperm(20, generator=gen)[:8]
+    expected = Normalize(spec.mean, spec.std, CPU, False)(crop_flip(images[order], spec.pad, True, gen))
+    assert torch.equal(target, order) and torch.allclose(batch, expected, atol=1e-6)

@@ -172,8 +172,8 @@ def test_every_method_learns_digits(method_name, tmp_path):
 @pytest.mark.parametrize("backbone", ["cifar_resnet8", "cifar_densenet40_12"])
 def test_pcl_batched_views_give_the_same_losses_and_bn_statistics(backbone):
     torch.manual_seed(0)
-    batched = build_method("pcl", lambda: timm.create_model(backbone, num_classes=10), 10, {"batch_views": True})
-    plain = build_method("pcl", lambda: timm.create_model(backbone, num_classes=10), 10, {"batch_views": False})
+    batched = build_method("pcl", lambda: timm.create_model(backbone, num_classes=10), 10, {"batch_views": "on"})
+    plain = build_method("pcl", lambda: timm.create_model(backbone, num_classes=10), 10, {"batch_views": "off"})
     plain.load_state_dict(batched.state_dict())
     views = [torch.randn(4, 3, 32, 32) for _ in range(3)]
     a = batched.losses(views, torch.tensor([0, 1, 2, 3]), Progress(40, 0))

@@ -47,6 +47,7 @@ class ComputeConfig:
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N, mps
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere), bf16, off
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training step's module
 
 
 @dataclass

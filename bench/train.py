@@ -193,6 +193,8 @@ class Trainer:
         if self.world > 1:  # gradients all-reduced; the method's forward() is its losses()
             self.train_module = torch.nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compute.compile:
+            self.train_module = torch.compile(self.train_module)
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
@@ -368,7 +370,7 @@ class Trainer:
             "images_per_s": (float(np.mean([r["images_per_s"] for r in self.history])) if self.history else None),
             "device": str(self.device), "device_name": device_name(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-            "channels_last": cfg.compute.channels_last, "world_size": self.world,
+            "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile, "world_size": self.world,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),

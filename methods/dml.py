@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from bench.errors import UsageError
-from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
+from methods.base import Progress, register_method
+from methods.independent import IndependentNetworks
 from methods.losses import kd_loss
 
 
@@ -25,15 +24,8 @@ class DMLOptions:
 
 
 @register_method("dml")
-class DML(OnlineKDMethod):
+class DML(IndependentNetworks):
     Options = DMLOptions
-    headline = "net0"
-
-    def __init__(self, backbone: BackboneFactory, num_classes: int, opts: DMLOptions) -> None:
-        super().__init__(backbone, num_classes, opts)
-        if opts.num_networks < 2:
-            raise UsageError(f"dml needs num_networks >= 2, got {opts.num_networks}")
-        self.nets = nn.ModuleList(backbone() for _ in range(opts.num_networks))
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
         logits = [net(views[0]) for net in self.nets]
@@ -42,11 +34,3 @@ class DML(OnlineKDMethod):
         kl = sum(kd_loss(z_i, z_j.detach(), t) for i, z_i in enumerate(logits)
                  for j, z_j in enumerate(logits) if j != i) / (m - 1)
         return {"ce": ce, "kl": kl}
-
-    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
-        logits = {f"net{i}": net(x) for i, net in enumerate(self.nets)}
-        logits["ensemble"] = torch.stack(list(logits.values())).mean(0)
-        return logits
-
-    def eval_names(self) -> list[str]:
-        return [f"net{i}" for i in range(len(self.nets))] + ["ensemble"]

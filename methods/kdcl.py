@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from bench.errors import UsageError, unknown
-from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
+from bench.errors import unknown
+from methods.base import BackboneFactory, Progress, register_method
+from methods.independent import IndependentNetworks
 from methods.losses import kd_loss
 
 TEACHERS = ("minlogit", "naive", "linear")
@@ -65,17 +66,13 @@ class KDCLOptions:
 
 
 @register_method("kdcl")
-class KDCL(OnlineKDMethod):
+class KDCL(IndependentNetworks):
     Options = KDCLOptions
-    headline = "net0"
 
     def __init__(self, backbone: BackboneFactory, num_classes: int, opts: KDCLOptions) -> None:
-        super().__init__(backbone, num_classes, opts)
-        if opts.num_networks < 2:
-            raise UsageError(f"kdcl needs num_networks >= 2, got {opts.num_networks}")
         if opts.teacher not in TEACHERS:
             raise unknown("kdcl teacher", opts.teacher, TEACHERS)
-        self.nets = nn.ModuleList(backbone() for _ in range(opts.num_networks))
+        super().__init__(backbone, num_classes, opts)
         self.views = opts.num_networks if opts.distinct_views else 1
 
     def teacher(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -89,11 +86,3 @@ class KDCL(OnlineKDMethod):
             "ce": sum(F.cross_entropy(z, target) for z in logits),
             "kd": self.opts.kd_weight * sum(kd_loss(z, teacher, self.opts.temperature) for z in logits),
         }
-
-    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
-        logits = {f"net{i}": net(x) for i, net in enumerate(self.nets)}
-        logits["ensemble"] = torch.stack(list(logits.values())).mean(0)
-        return logits
-
-    def eval_names(self) -> list[str]:
-        return [f"net{i}" for i in range(len(self.nets))] + ["ensemble"]

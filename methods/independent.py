@@ -1,0 +1,30 @@
+"""Methods that train m independent full networks side by side (DML, KDCL): the networks, their eval
+models `net0..net{m-1}` and the mean-logit `ensemble`; network 0 is the deployed model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import UsageError
+from methods.base import BackboneFactory, OnlineKDMethod
+
+
+class IndependentNetworks(OnlineKDMethod):
+    """Base: `opts.num_networks` (>= 2) networks, each independently initialised."""
+
+    headline = "net0"
+
+    def __init__(self, backbone: BackboneFactory, num_classes: int, opts) -> None:
+        super().__init__(backbone, num_classes, opts)
+        if opts.num_networks < 2:
+            raise UsageError(f"{self.name} needs num_networks >= 2, got {opts.num_networks}")
+        self.nets = nn.ModuleList(backbone() for _ in range(opts.num_networks))
+
+    def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
+        logits = {f"net{i}": net(x) for i, net in enumerate(self.nets)}
+        logits["ensemble"] = torch.stack(list(logits.values())).mean(0)
+        return logits
+
+    def eval_names(self) -> list[str]:
+        return [f"net{i}" for i in range(len(self.nets))] + ["ensemble"]

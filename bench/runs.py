@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,8 +51,6 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
             write(f)
             f.flush()
             if _SLOW_WRITE_S:
-                import time
-
                 time.sleep(_SLOW_WRITE_S)
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -132,15 +133,11 @@ def lock_holder(folder: Path) -> dict | None:
     A lock is live when its process runs on this host, or, from another host, when its heartbeat is
     recent. A requeued SLURM job (same job id, new process) is not another holder.
     """
-    import socket
-
     record = read_json(Path(folder) / LOCK)
     if not isinstance(record, dict):
         return None
     if record.get("host") == socket.gethostname():
         return record if _pid_alive(int(record.get("pid", -1))) else None
-    import time
-
     return record if time.time() - float(record.get("heartbeat", 0)) < STALE_S else None
 
 
@@ -153,16 +150,10 @@ class RunLock:
         self._thread = None
 
     def _record(self) -> dict:
-        import socket
-        import time
-
         return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": self.job_id,
                 "started": self.started, "heartbeat": time.time()}
 
     def __enter__(self) -> RunLock:
-        import threading
-        import time
-
         holder = lock_holder(self.folder)
         if holder is not None and holder.get("pid") != os.getpid() and (
                 self.job_id is None or holder.get("job_id") != self.job_id):

@@ -62,7 +62,7 @@ def _forever(make_epoch):
 
 
 @dataclass
-class Path_:
+class TrainPath:
     name: str
     method: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -140,9 +140,9 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         return torch.autocast(device.type, dtype=amp_dtype)
 
     paths = [
-        Path_("harness", harness_method.train(), _optimizer(harness_method, device, True),
+        TrainPath("harness", harness_method.train(), _optimizer(harness_method, device, True),
               _forever(harness_loader.epoch), harness_autocast, device),
-        Path_("reference", reference_method.train(), _optimizer(reference_method, device, False),
+        TrainPath("reference", reference_method.train(), _optimizer(reference_method, device, False),
               _forever(lambda e: iter(ref_loader)), contextlib.nullcontext, device),
     ]
     seconds = {p.name: 0.0 for p in paths}

@@ -42,7 +42,8 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     rng = random.Random(0)
     kills = mid_write = finished = 0
     attempt = 0
-    while kills < 10 or finished < 1:
+    while kills < 10 or mid_write < 1 or finished < 1:
+        killing = kills < 10 or mid_write < 1
         out = tmp_path / f"cut{finished}"
         folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
         proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -51,7 +52,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
         while proc.poll() is None and (runs.read_json(folder / runs.LOCK) or {}).get("pid") != proc.pid:
             assert time.time() - started < 120, "the run never started"
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.5, 3.0) if kills < 10 else 300)
+        if killing:
+            time.sleep(rng.uniform(0.5, 3.0))
+        else:
+            proc.wait(timeout=300)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -59,8 +63,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
             mid_write += any(p.name.endswith(".tmp") for p in folder.iterdir())
             for path in (folder / runs.METRICS, folder / runs.SUMMARY):  # whatever is on disk parses
                 if path.exists():
-                    text = path.read_text()
-                    [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
+                    lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+                    for line in lines:
+                        json.loads(line)
             if (folder / runs.CHECKPOINT).exists():
                 torch.load(folder / runs.CHECKPOINT, weights_only=True)
         else:
@@ -72,8 +77,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
             assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
             finished += 1
         attempt += 1
-        assert attempt < 60
-    assert mid_write >= 1, f"no kill landed inside a write ({kills} kills)"
+        assert attempt < 80, f"{kills} kills, {mid_write} inside a write, {finished} finished"
 
 
 # ---------------------------------------------------------------------------------------------

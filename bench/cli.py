@@ -149,8 +149,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_table_flags(p: argparse.ArgumentParser) -> None:
+def add_results_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="*", type=Path, help="results folders (default: results)")
+
+
+def add_table_flags(p: argparse.ArgumentParser) -> None:
+    add_results_arg(p)
     p.add_argument("--metric", choices=["final", "best"], default="final", help="final or best epoch")
     p.add_argument("--measure", choices=["error", "accuracy"], default="error")
     p.add_argument("--top", type=int, choices=[1, 5], default=1)
@@ -170,6 +174,8 @@ def _collect(args: argparse.Namespace):
     collection = load_runs(roots)
     for note in collection.warnings:
         print(f"warning: {note}", file=sys.stderr)
+    if not hasattr(args, "metric"):  # bench plot: no table options
+        return roots, collection, TableSpec()
     spec = TableSpec(metric=args.metric, measure=args.measure, top=args.top, model=args.model,
                      reference=not args.no_reference, significance=args.significance)
     return roots, collection, spec
@@ -263,7 +269,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("plot", help="plots of finished runs (PNG and PDF)")
-    add_table_flags(p)
+    add_results_arg(p)
     p.add_argument("--write", metavar="DIR", help="output folder (default: <first results folder>/plots)")
     p.set_defaults(func=cmd_plot)
 

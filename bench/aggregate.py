@@ -24,7 +24,6 @@ from bench import runs
 PAPER_ORDER = ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"]
 DISPLAY = {"vanilla": "Vanilla", "dml": "DML", "cl": "CL", "one": "ONE", "okddip": "OKDDip", "kdcl": "KDCL",
            "ffl_s": "FFL-S", "pcl": "PCL"}
-RUN_FILES = (runs.SUMMARY, runs.METRICS, runs.CONFIG, runs.CHECKPOINT)
 
 
 def display_name(method: str) -> str:
@@ -53,14 +52,7 @@ class Collection:
 
 
 def find_run_folders(roots: Iterable[Path]) -> list[Path]:
-    found: set[Path] = set()
-    for root in roots:
-        root = Path(root)
-        if not root.exists():
-            continue
-        for name in RUN_FILES:
-            found.update(p.parent for p in root.rglob(name) if p.is_file())
-    return sorted(found)
+    return sorted(set().union(*(runs.find_run_folders(root) for root in roots)))
 
 
 def _curves(folder: Path, ident: dict) -> list[dict]:

@@ -96,6 +96,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+RUN_FILES = (SUMMARY, METRICS, CONFIG, CHECKPOINT)
+
+
+def find_run_folders(root: Path, markers: tuple[str, ...] = RUN_FILES) -> set[Path]:
+    """Folders under `root` (itself included) holding any of `markers`; submitit's log folders are skipped."""
+    found: set[Path] = set()
+    for name in markers:
+        found.update(p.parent for p in Path(root).rglob(name) if p.is_file() and ".submitit" not in p.parts)
+    return found
+
+
 def run_status(path: Path) -> str:
     """'done', 'failed', 'diverged' (from summary.json), 'partial' (started) or 'missing'."""
     summary = read_json(Path(path) / SUMMARY)

@@ -111,7 +111,7 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
             channels_last: bool = True, rounds: int = 3, steps: int = 4, warmup: int = 2, workers: int = 2,
             seed: int = 0, data_batches: int = 16) -> dict:
     from backbones import create_backbone
-    from bench.train import autocast_dtype
+    from bench.train import autocast_context, autocast_dtype
 
     amp_dtype = autocast_dtype(amp, device)
     rng = np.random.default_rng(seed)
@@ -135,15 +135,16 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
     ref_loader = reference_loader(images, labels, views, batch_size, workers)
 
     def harness_autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
+        return autocast_context(device, amp_dtype)
+
+    def reference_epoch(epoch: int):
+        return iter(ref_loader)
 
     paths = [
         TrainPath("harness", harness_method.train(), _optimizer(harness_method, device, True),
               _forever(harness_loader.epoch), harness_autocast, device),
         TrainPath("reference", reference_method.train(), _optimizer(reference_method, device, False),
-              _forever(lambda e: iter(ref_loader)), contextlib.nullcontext, device),
+              _forever(reference_epoch), contextlib.nullcontext, device),
     ]
     seconds = {p.name: 0.0 for p in paths}
     peak = {p.name: None for p in paths}
@@ -165,7 +166,7 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
     img_s = {name: rounds * steps * batch_size / s for name, s in seconds.items()}
 
     data = {}  # the data pipelines alone: batches on the device, after the prefetched ones are drained
-    sources = {"harness": _forever(harness_loader.epoch), "reference": _forever(lambda e: iter(ref_loader))}
+    sources = {"harness": _forever(harness_loader.epoch), "reference": _forever(reference_epoch)}
     for name, batches in sources.items():
         for _ in range(2 + 2 * workers):
             next(batches)

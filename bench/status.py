@@ -15,7 +15,7 @@ from bench.config import parse_yaml
 from bench.errors import UsageError
 from bench.launch import MANIFEST, read_manifest, slurm_queue, update_manifest
 
-RUN_MARKERS = (runs.SUMMARY, runs.METRICS, runs.CONFIG, runs.CHECKPOINT, "job.json", runs.LOCK)
+RUN_MARKERS = (*runs.RUN_FILES, "job.json", runs.LOCK)
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -37,10 +37,7 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 def run_folders(out: Path) -> list[str]:
     manifest = read_manifest(out)
     found = set(manifest.get("runs", {}))
-    for marker in RUN_MARKERS:
-        for path in out.rglob(marker):
-            if ".submitit" not in path.parts and path.parent != out:
-                found.add(path.parent.relative_to(out).as_posix())
+    found.update(f.relative_to(out).as_posix() for f in runs.find_run_folders(out, RUN_MARKERS) if f != out)
     return sorted(found)
 
 

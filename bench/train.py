@@ -60,6 +60,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast to `dtype` on `device`, or a no-op context when `dtype` is None (AMP off)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def lr_at(cfg: RunConfig, epoch: int) -> float:
     """Multistep schedule: lr * gamma^(number of milestones <= epoch)."""
     return cfg.optim.lr * cfg.optim.gamma ** sum(epoch >= m for m in cfg.optim.milestones)
@@ -203,9 +208,7 @@ class Trainer:
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_context(self.device, self.amp_dtype)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

@@ -228,7 +228,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     for b in names:
         backbones.check_backbone(b)
     return run_speed(methods, names, args.device, args.batch_size, args.amp, not args.no_channels_last,
-                     args.csv, args.rounds, args.steps, args.workers)
+                     args.csv, args.rounds, args.steps, args.workers, args.optimizer)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -280,6 +280,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--amp", default="auto", help="harness autocast: auto (bf16 on CUDA), bf16, off")
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--optimizer", default="auto", help="harness SGD: auto (fused on CUDA, foreach elsewhere), "
+                                                       "fused, foreach, loop")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per method")
     p.add_argument("--steps", type=int, default=3, help="training steps per path per round")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")

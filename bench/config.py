@@ -48,6 +48,7 @@ class ComputeConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere), bf16, off
     channels_last: bool = True
     compile: bool = False  # torch.compile the training step's module
+    optimizer_impl: str = "auto"  # auto (fused on CUDA, foreach elsewhere), fused, foreach, loop
 
 
 @dataclass

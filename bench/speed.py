@@ -2,17 +2,21 @@
 
 Reference path (what older online-KD code bases do): torchvision PIL transforms (RandomCrop(32, 4),
 RandomHorizontalFlip, ToTensor, Normalize; m independent views for PCL) in a DataLoader, fp32, NCHW, one
-trunk call per view. Harness path: the split held on the device as uint8 and augmented there, batched;
-the config's AMP and channels_last; PCL's views batched through the trunk (per-view BatchNorm). Both train
-the same method on the same synthetic CIFAR-size data (random 32x32 images, 100 classes); after warm-up
-they alternate in rounds, so drift in machine load hits both.
+trunk call per view. Harness path: the split held on the device (padded and normalised once) and cropped
+and flipped there in one batched gather; the config's AMP and channels_last; PCL's views batched through
+the trunk where `pcl.batch_views=auto` does so (accelerators). Both train the same method on the same
+synthetic CIFAR-size data (random 32x32 images, 100 classes); after warm-up they alternate in rounds, so
+drift in machine load hits both. Each reference round hands its DataLoader workers exactly the batches it
+consumes, so the workers never run (or prefetch) during the harness's round.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from methods.base import Progress, build_method
 
 COLUMNS = ["method", "backbone", "device", "batch_size", "harness_img_s", "reference_img_s", "speedup",
            "harness_data_img_s", "reference_data_img_s", "data_speedup", "harness_peak_mb", "reference_peak_mb",
-           "train_gflop_per_img", "harness_tflop_s", "amp", "channels_last"]
+           "train_gflop_per_img", "harness_tflop_s", "amp", "channels_last", "optimizer_impl"]
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -43,15 +47,34 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def reference_loader(images: np.ndarray, labels: np.ndarray, views: int, batch_size: int, workers: int):
+class RoundSampler(torch.utils.data.Sampler):
+    """Random batches of indices, `batches` of them per pass: each timed round is one pass, so the reference
+    path's workers are handed exactly the batches that round consumes (no work left over to run in the
+    other path's round, no batches prefetched during it)."""
+
+    def __init__(self, n: int, batch_size: int, batches: int, seed: int) -> None:
+        self.n, self.batch_size, self.batches = n, batch_size, batches
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        for _ in range(self.batches):
+            yield torch.randint(0, self.n, (self.batch_size,), generator=self.gen).tolist()
+
+
+def reference_loader(images: np.ndarray, labels: np.ndarray, views: int, batch_size: int, workers: int,
+                     batches_per_pass: int, seed: int = 0):
+    """torchvision's CIFAR transforms on PIL images in a DataLoader (persistent workers, default prefetch)."""
     from torchvision import transforms
 
     spec = DATASETS.get("cifar100")
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
-    return torch.utils.data.DataLoader(PILDataset(images, labels, MultiView(tf, views)), batch_size=batch_size,
-                                       shuffle=True, num_workers=workers, drop_last=True,
-                                       persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        PILDataset(images, labels, MultiView(tf, views)), num_workers=workers, persistent_workers=workers > 0,
+        batch_sampler=RoundSampler(len(labels), batch_size, batches_per_pass, seed))
 
 
 def _forever(make_epoch):
@@ -63,26 +86,35 @@ def _forever(make_epoch):
 
 @dataclass
 class TrainPath:
+    """One training path; `round_batches()` gives the batches of the next timed round."""
+
     name: str
     method: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    batches: object
-    autocast: object
+    round_batches: Callable[[], Iterator]
+    autocast: Callable
     device: torch.device
     step: int = 0
 
-    def train_step(self) -> None:
-        views, target = next(self.batches)
+    def train_step(self, batches: Iterator) -> None:
+        from bench.train import optimisation_step
+
+        views, target = next(batches)
         views = [v.to(self.device, non_blocking=True) for v in views]
         target = target.to(self.device, non_blocking=True)
-        with self.autocast():
-            terms = self.method(views, target, Progress(100.0, self.step))
-        loss = sum(terms.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        optimisation_step(self.method, self.optimizer, self.autocast, views, target, Progress(100.0, self.step))
         self.step += 1
         self.method.after_step(self.step)
+
+    def train_round(self, steps: int) -> float:
+        """Seconds for `steps` steps, data included, the device synchronised at both ends."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        batches = self.round_batches()
+        for _ in range(steps):
+            self.train_step(batches)
+        _sync(self.device)
+        return time.perf_counter() - t0
 
 
 def _sync(device: torch.device) -> None:
@@ -90,10 +122,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _optimizer(method: torch.nn.Module, device: torch.device, fast: bool) -> torch.optim.Optimizer:
-    params = [p for p in method.parameters() if p.requires_grad]
-    kwargs = {"fused": True} if fast and device.type == "cuda" else {"foreach": fast or None}
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, **kwargs)
+def _params(method: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in method.parameters() if p.requires_grad]
 
 
 def train_flops_per_image(method: torch.nn.Module, views: list[torch.Tensor], target: torch.Tensor) -> float:
@@ -107,13 +137,49 @@ def train_flops_per_image(method: torch.nn.Module, views: list[torch.Tensor], ta
     return counter.get_total_flops() / len(target)
 
 
+def harness_data_rate(batches: Iterator, device: torch.device, batch_size: int, data_batches: int,
+                      repeats: int = 5) -> float:
+    """Images/s of the harness's batches alone (median of `repeats` passes of `data_batches`)."""
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(data_batches):
+            next(batches)
+        _sync(device)
+        rates.append(data_batches * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def reference_data_rate(loader: torch.utils.data.DataLoader, device: torch.device, batch_size: int,
+                        data_batches: int, repeats: int = 3) -> float:
+    """Images/s of the reference DataLoader alone (its workers already started): median of `repeats` passes of
+    `data_batches`, each timed from handing out the work to its last batch, so no pass gets prefetched batches
+    for free."""
+    sampler = loader.batch_sampler
+    per_round, sampler.batches = sampler.batches, data_batches
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for vs, _target in loader:
+            vs = [v.to(device) for v in vs]
+        _sync(device)
+        rates.append(data_batches * batch_size / (time.perf_counter() - t0))
+    sampler.batches = per_round
+    return statistics.median(rates)
+
+
 def measure(method_name: str, backbone: str, device: torch.device, batch_size: int = 128, amp: str = "auto",
-            channels_last: bool = True, rounds: int = 3, steps: int = 4, warmup: int = 2, workers: int = 2,
-            seed: int = 0, data_batches: int = 16) -> dict:
+            channels_last: bool = True, optimizer: str = "auto", rounds: int = 3, steps: int = 4, warmup: int = 2,
+            workers: int = 2,
+            seed: int = 0, data_batches: int = 24) -> dict:
     from backbones import create_backbone
-    from bench.train import autocast_context, autocast_dtype
+    from bench.config import OptimConfig
+    from bench.train import autocast_context, autocast_dtype, build_optimizer, optimizer_impl
 
     amp_dtype = autocast_dtype(amp, device)
+    optim, impl = OptimConfig(), optimizer_impl(optimizer, device)
     rng = np.random.default_rng(seed)
     n = batch_size * 16
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -132,53 +198,37 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
     views = harness_method.views
     split = TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
     harness_loader = TensorTrainLoader(split, spec, batch_size, views, seed, device, channels_last)
-    ref_loader = reference_loader(images, labels, views, batch_size, workers)
+    harness_batches = _forever(harness_loader.epoch)
+    ref_loader = reference_loader(images, labels, views, batch_size, workers, steps, seed)
 
     def harness_autocast():
         return autocast_context(device, amp_dtype)
 
-    def reference_epoch(epoch: int):
-        return iter(ref_loader)
-
     paths = [
-        TrainPath("harness", harness_method.train(), _optimizer(harness_method, device, True),
-              _forever(harness_loader.epoch), harness_autocast, device),
-        TrainPath("reference", reference_method.train(), _optimizer(reference_method, device, False),
-              _forever(reference_epoch), contextlib.nullcontext, device),
+        TrainPath("harness", harness_method.train(), build_optimizer(_params(harness_method), optim, impl),
+                  lambda: harness_batches, harness_autocast, device),
+        TrainPath("reference", reference_method.train(), torch.optim.SGD(  # torch's default implementation
+                      _params(reference_method), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                      weight_decay=optim.weight_decay),
+                  lambda: iter(ref_loader), contextlib.nullcontext, device),
     ]
     seconds = {p.name: 0.0 for p in paths}
     peak = {p.name: None for p in paths}
-    for p in paths:
-        for _ in range(warmup):
-            p.train_step()
-    _sync(device)
+    for _ in range(warmup):
+        for p in paths:
+            p.train_round(steps)
     for _ in range(rounds):
         for p in paths:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                p.train_step()
-            _sync(device)
-            seconds[p.name] += time.perf_counter() - t0
+            seconds[p.name] += p.train_round(steps)
             if device.type == "cuda":
                 peak[p.name] = max(peak[p.name] or 0, torch.cuda.max_memory_allocated(device) / 2**20)
     img_s = {name: rounds * steps * batch_size / s for name, s in seconds.items()}
+    data = {"harness": harness_data_rate(harness_batches, device, batch_size, data_batches),
+            "reference": reference_data_rate(ref_loader, device, batch_size, data_batches)}
 
-    data = {}  # the data pipelines alone: batches on the device, after the prefetched ones are drained
-    sources = {"harness": _forever(harness_loader.epoch), "reference": _forever(reference_epoch)}
-    for name, batches in sources.items():
-        for _ in range(2 + 2 * workers):
-            next(batches)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(data_batches):
-            vs, target = next(batches)
-            vs = [v.to(device) for v in vs]
-        _sync(device)
-        data[name] = data_batches * batch_size / (time.perf_counter() - t0)
-
-    x, target = next(_forever(harness_loader.epoch))
+    x, target = next(harness_batches)
     with harness_autocast():
         flops = train_flops_per_image(harness_method, x, target)
     return {
@@ -190,24 +240,32 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         "harness_peak_mb": peak["harness"], "reference_peak_mb": peak["reference"],
         "train_gflop_per_img": flops / 1e9, "harness_tflop_s": flops * img_s["harness"] / 1e12,
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": channels_last,
+        "optimizer_impl": impl,
     }
 
 
 def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_size: int, amp: str,
-              channels_last: bool, csv_path: Path | None, rounds: int, steps: int, workers: int) -> int:
-    from bench.train import resolve_device
+              channels_last: bool, csv_path: Path | None, rounds: int, steps: int, workers: int,
+              optimizer: str = "auto") -> int:
+    from bench.train import autocast_dtype, optimizer_impl, resolve_device
 
     device = resolve_device(device_name)
     if batch_size < 2:
         raise UsageError(f"--batch-size must be at least 2, got {batch_size}")
+    for flag, value, least in (("--rounds", rounds, 1), ("--steps", steps, 1), ("--workers", workers, 0)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
+    amp_dtype, impl = autocast_dtype(amp, device), optimizer_impl(optimizer, device)
     rows = []
     header = (f"{'method':<8} {'backbone':<16} {'harness img/s':>13} {'reference img/s':>15} {'speedup':>7} "
               f"{'data x':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} {'peak MB (h/r)':>14}")
-    print(f"device: {device} ({torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} steps")
+    print(f"device: {device} ({torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} "
+          f"steps; harness: amp {amp_dtype or 'off'}, channels_last {channels_last}, optimizer {impl}")
     print(header)
     for backbone in backbones:
         for method in methods:
-            row = measure(method, backbone, device, batch_size, amp, channels_last, rounds, steps, workers=workers)
+            row = measure(method, backbone, device, batch_size, amp, channels_last, optimizer, rounds, steps,
+                          workers=workers)
             rows.append(row)
             mem = ("-" if row["harness_peak_mb"] is None
                    else f"{row['harness_peak_mb']:.0f}/{row['reference_peak_mb']:.0f}")

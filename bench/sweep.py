@@ -56,9 +56,29 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
         raise UsageError(f"data.workers must be >= 0, got {sweep.data.workers}")
     if sweep.optim.lr <= 0:
         raise UsageError(f"optim.lr must be positive, got {sweep.optim.lr}")
+    check_compute(sweep.compute)
     for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too
         resolve_options(m, overrides)
     return {m: options_dict(resolve_options(m, sweep.options.get(m))) for m in sweep.methods}
+
+
+def check_compute(compute) -> None:
+    """compute.amp and compute.optimizer_impl name a known choice, compute.device a torch device."""
+    import torch
+
+    from bench.errors import unknown
+    from bench.train import AMP_CHOICES, OPTIMIZER_IMPLS
+
+    if compute.amp not in AMP_CHOICES:
+        raise unknown("compute.amp", compute.amp, AMP_CHOICES)
+    if compute.optimizer_impl not in OPTIMIZER_IMPLS:
+        raise unknown("compute.optimizer_impl", compute.optimizer_impl, OPTIMIZER_IMPLS)
+    if compute.device != "auto":
+        try:
+            torch.device(compute.device)
+        except RuntimeError:
+            raise UsageError(f"unknown compute.device '{compute.device}' "
+                             "(valid: auto, cpu, cuda, cuda:N, mps)") from None
 
 
 def check_data(sweep: SweepConfig) -> None:

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch import Tensor
 
 from bench import runs
-from bench.config import RunConfig, parse_yaml, to_dict
+from bench.config import OptimConfig, RunConfig, parse_yaml, to_dict
 from bench.distributed import world
-from bench.errors import UsageError
+from bench.errors import UsageError, unknown
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
@@ -52,9 +53,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+AMP_CHOICES = ("auto", "bf16", "off")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp not in ("auto", "bf16", "off"):
-        raise UsageError(f"unknown compute.amp '{amp}' (valid: auto, bf16, off)")
+    if amp not in AMP_CHOICES:
+        raise unknown("compute.amp", amp, AMP_CHOICES)
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16
@@ -63,6 +68,34 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
     """torch.autocast to `dtype` on `device`, or a no-op context when `dtype` is None (AMP off)."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def optimizer_impl(impl: str, device: torch.device) -> str:
+    """The SGD implementation `compute.optimizer_impl` resolves to: auto is fused on CUDA, foreach elsewhere."""
+    if impl not in OPTIMIZER_IMPLS:
+        raise unknown("compute.optimizer_impl", impl, OPTIMIZER_IMPLS)
+    return ("fused" if device.type == "cuda" else "foreach") if impl == "auto" else impl
+
+
+def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, impl: str) -> torch.optim.SGD:
+    """SGD with the config's momentum, Nesterov and weight decay; `impl` from `optimizer_impl`."""
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
+                           nesterov=optim.nesterov and optim.momentum > 0, weight_decay=optim.weight_decay,
+                           **flags)
+
+
+def optimisation_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, views: list[Tensor],
+                      target: Tensor, progress: Progress) -> tuple[dict[str, Tensor], Tensor]:
+    """One step: the method's loss terms (under `autocast()`), their sum, backward, optimizer step. No host
+    synchronisation. Returns the terms and their sum."""
+    with autocast():
+        terms = module(views, target, progress)
+    total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return terms, total
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
@@ -200,11 +233,9 @@ class Trainer:
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compute.compile:
             self.train_module = torch.compile(self.train_module)
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                         nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
-                                         weight_decay=cfg.optim.weight_decay,
-                                         foreach=self.device.type != "cpu" or None)
+        self.optimizer_impl = optimizer_impl(cfg.compute.optimizer_impl, self.device)
+        self.optimizer = build_optimizer([p for p in self.method.parameters() if p.requires_grad], cfg.optim,
+                                         self.optimizer_impl)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
 
     def autocast(self):
@@ -249,16 +280,12 @@ class Trainer:
         bad_terms: torch.Tensor | None = None
         for i, (views, target) in enumerate(loader.epoch(epoch)):
             progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs)
-            with self.autocast():
-                terms = self.train_module(views, target, progress)
-            total = sum(terms.values())
+            terms, total = optimisation_step(self.train_module, self.optimizer, self.autocast, views, target,
+                                             progress)
             finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
             first_bad = (bad_step < 0) & ~finite.all()
             bad_step = torch.where(first_bad, self.step, bad_step)
             bad_terms = ~finite if bad_terms is None else torch.where(first_bad, ~finite, bad_terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
             self.step += 1
             method.after_step(self.step)
             for name, value in terms.items():
@@ -373,7 +400,8 @@ class Trainer:
             "images_per_s": (float(np.mean([r["images_per_s"] for r in self.history])) if self.history else None),
             "device": str(self.device), "device_name": device_name(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-            "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile, "world_size": self.world,
+            "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile,
+            "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),

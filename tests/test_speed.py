@@ -29,3 +29,24 @@ def test_bench_speed_writes_its_table_and_csv(tmp_path, capsys):
 def test_bench_speed_rejects_unknown_method(capsys):
     assert main(["speed", "--methods", "pcll"]) == 2
     assert "did you mean 'pcl'" in capsys.readouterr().err
+
+
+def test_reference_rounds_hand_the_workers_exactly_the_batches_they_consume():
+    """Each pass of the reference loader is one timed round: `steps` batches, no more, so its workers have
+    nothing left to run (or prefetch) while the harness is timed."""
+    import numpy as np
+    import torch
+
+    from bench.speed import reference_data_rate, reference_loader
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, 40)
+    loader = reference_loader(images, labels, views=3, batch_size=8, workers=1, batches_per_pass=3)
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == 3
+        views, target = batches[0]
+        assert len(views) == 3 and views[0].shape == (8, 3, 32, 32) and target.shape == (8,)
+        assert not torch.equal(views[0], views[1])  # independent augmentations of the same images
+    assert reference_data_rate(loader, torch.device("cpu"), 8, data_batches=2, repeats=1) > 0
+    assert len(list(loader)) == 3  # the round length is restored after the data-only passes

@@ -36,12 +36,39 @@ def test_run_writes_config_metrics_summary_and_checkpoint(tmp_path):
                 "wall_clock_s", "device", "params", "versions", "git_commit"):
         assert key in on_disk
     assert on_disk["headline_model"] == "mean_teacher0" and on_disk["status"] == "done"
+    assert (on_disk["amp"], on_disk["channels_last"], on_disk["compile"], on_disk["optimizer_impl"]) == (
+        "off", True, False, "foreach")  # the compute settings, as resolved on this CPU
     assert on_disk["final"]["mean_teacher0"]["top1_error"] == lines[-1]["top1_error"]["mean_teacher0"]
     best = min(r["top1_error"]["peer0"] for r in lines)
     assert on_disk["best"]["peer0"]["top1_error"] == best
     assert on_disk["params"]["deployed"] < on_disk["params"]["training_total"]
     state = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)
     assert state["epoch"] == 2
+
+
+@pytest.mark.parametrize("impl", ["foreach", "loop"])
+def test_optimizer_implementations_take_the_same_step(impl):
+    """compute.optimizer_impl changes how SGD runs, not what it computes: one step of each equals a
+    hand-written Nesterov SGD step with weight decay."""
+    from bench.config import OptimConfig
+    from bench.train import build_optimizer
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    grads = [torch.randn_like(p) for p in params]
+    optim = OptimConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = build_optimizer(params, optim, impl)
+    before = [p.detach().clone() for p in params]
+    for _ in range(2):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    for p, w, g in zip(params, before, grads):
+        d = g + 5e-4 * w  # step 1: buffer = d, update = d + 0.9 * buffer
+        w1 = w - 0.1 * (d + 0.9 * d)
+        d2 = g + 5e-4 * w1  # step 2: buffer = 0.9 * d + d2
+        w2 = w1 - 0.1 * (d2 + 0.9 * (0.9 * d + d2))
+        torch.testing.assert_close(p.detach(), w2)
 
 
 def test_same_seed_same_metrics(tmp_path):

@@ -122,6 +122,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _amp_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).replace("torch.", "") if dtype else "off"
+
+
 def _params(method: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in method.parameters() if p.requires_grad]
 
@@ -239,7 +243,7 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         "data_speedup": data["harness"] / data["reference"],
         "harness_peak_mb": peak["harness"], "reference_peak_mb": peak["reference"],
         "train_gflop_per_img": flops / 1e9, "harness_tflop_s": flops * img_s["harness"] / 1e12,
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": channels_last,
+        "amp": _amp_name(amp_dtype), "channels_last": channels_last,
         "optimizer_impl": impl,
     }
 
@@ -260,7 +264,7 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
     header = (f"{'method':<8} {'backbone':<16} {'harness img/s':>13} {'reference img/s':>15} {'speedup':>7} "
               f"{'data x':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} {'peak MB (h/r)':>14}")
     print(f"device: {device} ({torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} "
-          f"steps; harness: amp {amp_dtype or 'off'}, channels_last {channels_last}, optimizer {impl}")
+          f"steps; harness: amp {_amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}")
     print(header)
     for backbone in backbones:
         for method in methods:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from backbones._base import global_avg_pool
 from bench.errors import UsageError
 
 BRANCH_SHARE = 0.10  # the default split leaves at least this share of the feature parameters to the branch
@@ -77,6 +78,8 @@ class Split:
         """Global average of a trunk output over everything but batch and channels: [B, C]."""
         if self.channel_dim != 1:
             x = x.movedim(-1, 1)
+        if x.dim() == 4:
+            return global_avg_pool(x)
         return x.flatten(2).mean(2) if x.dim() > 2 else x
 
 

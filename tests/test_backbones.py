@@ -82,3 +82,23 @@ def test_list_backbones_puts_cifar_first():
     names = backbones.list_backbones()
     assert names[: len(backbones.CIFAR_BACKBONES)] == backbones.CIFAR_BACKBONES
     assert "resnet18" in names
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_global_avg_pool_gradient_keeps_the_input_memory_format(memory_format):
+    """Same value and gradient as torch's pooling, but the gradient comes back in the input's layout (so the
+    ReLU backward before it does not mix layouts)."""
+    from backbones._base import global_avg_pool
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 5, 3).contiguous(memory_format=memory_format).requires_grad_()
+    weights = torch.randn(4, 6)
+    (global_avg_pool(x) * weights).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    reference = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+    torch.testing.assert_close(global_avg_pool(x), reference)
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(ours, x.grad)
+    torch.testing.assert_close(ours, (weights / 15)[:, :, None, None].expand(4, 6, 5, 3))
+    assert ours.is_contiguous(memory_format=memory_format)

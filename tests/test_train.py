@@ -108,3 +108,17 @@ def test_nan_loss_stops_the_run_as_diverged(tmp_path):
     assert summary["status"] == "diverged"
     assert summary["divergence"]["terms"] == ["ce"] and summary["divergence"]["epoch"] == 1
     assert json.loads((tmp_path / runs.SUMMARY).read_text())["status"] == "diverged"
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """compute.compile=true: the torch.compile'd step trains to the same losses as eager (up to float
+    reordering) and the summary says it was compiled."""
+    eager = config("vanilla", epochs=1)
+    compiled = config("vanilla", epochs=1)
+    compiled.compute.compile = True
+    a = train_run(eager, tmp_path / "eager", progress_bar=False)
+    b = train_run(compiled, tmp_path / "compiled", progress_bar=False)
+    assert b["status"] == "done" and b["compile"] is True and a["compile"] is False
+    loss_a = json.loads((tmp_path / "eager" / runs.METRICS).read_text().splitlines()[0])["loss"]
+    loss_b = json.loads((tmp_path / "compiled" / runs.METRICS).read_text().splitlines()[0])["loss"]
+    assert loss_b["total"] == pytest.approx(loss_a["total"], rel=1e-3)

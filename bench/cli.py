@@ -282,8 +282,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--optimizer", default="auto", help="harness SGD: auto (fused on CUDA, foreach elsewhere), "
                                                        "fused, foreach, loop")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per method")
-    p.add_argument("--steps", type=int, default=3, help="training steps per path per round")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds per method")
+    p.add_argument("--steps", type=int, default=4, help="training steps per path per round")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
     p.add_argument("--csv", type=Path, help="write the results as CSV")
     p.set_defaults(func=cmd_speed)

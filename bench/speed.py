@@ -122,10 +122,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _amp_name(dtype: torch.dtype | None) -> str:
-    return str(dtype).replace("torch.", "") if dtype else "off"
-
-
 def _params(method: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in method.parameters() if p.requires_grad]
 
@@ -176,11 +172,10 @@ def reference_data_rate(loader: torch.utils.data.DataLoader, device: torch.devic
 
 def measure(method_name: str, backbone: str, device: torch.device, batch_size: int = 128, amp: str = "auto",
             channels_last: bool = True, optimizer: str = "auto", rounds: int = 3, steps: int = 4, warmup: int = 2,
-            workers: int = 2,
-            seed: int = 0, data_batches: int = 24) -> dict:
+            workers: int = 2, seed: int = 0, data_batches: int = 24) -> dict:
     from backbones import create_backbone
     from bench.config import OptimConfig
-    from bench.train import autocast_context, autocast_dtype, build_optimizer, optimizer_impl
+    from bench.train import amp_name, autocast_context, autocast_dtype, build_optimizer, optimizer_impl
 
     amp_dtype = autocast_dtype(amp, device)
     optim, impl = OptimConfig(), optimizer_impl(optimizer, device)
@@ -243,7 +238,7 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         "data_speedup": data["harness"] / data["reference"],
         "harness_peak_mb": peak["harness"], "reference_peak_mb": peak["reference"],
         "train_gflop_per_img": flops / 1e9, "harness_tflop_s": flops * img_s["harness"] / 1e12,
-        "amp": _amp_name(amp_dtype), "channels_last": channels_last,
+        "amp": amp_name(amp_dtype), "channels_last": channels_last,
         "optimizer_impl": impl,
     }
 
@@ -251,7 +246,7 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
 def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_size: int, amp: str,
               channels_last: bool, csv_path: Path | None, rounds: int, steps: int, workers: int,
               optimizer: str = "auto") -> int:
-    from bench.train import autocast_dtype, optimizer_impl, resolve_device
+    from bench.train import amp_name, autocast_dtype, optimizer_impl, resolve_device
 
     device = resolve_device(device_name)
     if batch_size < 2:
@@ -264,7 +259,7 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
     header = (f"{'method':<8} {'backbone':<16} {'harness img/s':>13} {'reference img/s':>15} {'speedup':>7} "
               f"{'data x':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} {'peak MB (h/r)':>14}")
     print(f"device: {device} ({torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} "
-          f"steps; harness: amp {_amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}")
+          f"steps; harness: amp {amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}")
     print(header)
     for backbone in backbones:
         for method in methods:

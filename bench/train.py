@@ -41,13 +41,20 @@ class Diverged(Exception):
         self.epoch, self.step, self.terms = epoch, step, terms
 
 
-def resolve_device(name: str) -> torch.device:
+def parse_device(name: str, kind: str = "device") -> torch.device | None:
+    """The torch device `name` spells (None for auto), or one clear error naming `kind`."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
-        device = torch.device(name)
+        return torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from None
+        raise UsageError(f"unknown {kind} '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{name}' requested but CUDA is not available here (use --device cpu)")
     return device
@@ -55,6 +62,11 @@ def resolve_device(name: str) -> torch.device:
 
 AMP_CHOICES = ("auto", "bf16", "off")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    """How a resolved autocast dtype is reported: 'bfloat16', or 'off'."""
+    return str(dtype).replace("torch.", "") if dtype else "off"
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -399,7 +411,7 @@ class Trainer:
             "wall_clock_s": sum(r["epoch_s"] for r in self.history),
             "images_per_s": (float(np.mean([r["images_per_s"] for r in self.history])) if self.history else None),
             "device": str(self.device), "device_name": device_name(self.device),
-            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "amp": amp_name(self.amp_dtype),
             "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile,
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),

@@ -30,13 +30,24 @@ def check_backbone(name: str) -> None:
 def create_backbone(name: str, num_classes: int, img_size: int | None = None, **kwargs) -> timm.models.nn.Module:
     """A freshly initialised backbone (never pretrained weights: nothing downloads). `img_size` is passed
     to models built for a fixed input size (ViT, Swin, ...) and ignored by the others."""
+    return create_backbone_with_kwargs(name, num_classes, img_size, **kwargs)[0]
+
+
+def create_backbone_with_kwargs(name: str, num_classes: int, img_size: int | None = None,
+                                **kwargs) -> tuple[timm.models.nn.Module, dict]:
+    """`create_backbone`, and the keyword arguments of `timm.create_model` that built it (what an exported
+    network's user passes to rebuild it)."""
     check_backbone(name)
+    attempts = [{"num_classes": num_classes, **kwargs}]
     if img_size is not None and not name.startswith("cifar_"):
+        attempts.insert(0, {**attempts[0], "img_size": img_size})
+    for i, used in enumerate(attempts):
         try:
-            return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size, **kwargs)
+            return timm.create_model(name, pretrained=False, **used), used
         except TypeError:
-            pass  # the model takes any input size
-    try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise UsageError(f"backbone '{name}' cannot be built: {err}") from None
+            if i + 1 < len(attempts):
+                continue  # the model takes any input size
+            raise UsageError(f"backbone '{name}' cannot be built with {used}") from None
+        except (ValueError, AssertionError) as err:
+            raise UsageError(f"backbone '{name}' cannot be built: {err}") from None
+    raise AssertionError("unreachable")

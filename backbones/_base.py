@@ -54,7 +54,10 @@ class _GlobalAvgPool(torch.autograd.Function):
 
 
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C] global average; the gradient comes back in x's memory format."""
+    """[B, C, H, W] -> [B, C] global average; the gradient comes back in x's memory format. Without autograd
+    (inference, TorchScript tracing, ONNX export) it is a plain mean, which every exporter knows."""
+    if not (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return x.mean((2, 3))
     return _GlobalAvgPool.apply(x)
 
 

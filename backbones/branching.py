@@ -66,6 +66,18 @@ class Branch(nn.Module):
         return self.head(self.feature_map(x))
 
 
+def plain_state_dict(trunk: Trunk, branch: Branch) -> dict[str, Tensor]:
+    """trunk + branch reassembled into the state dict of the model they were cut from (its own keys): the
+    trunk's modules go back under their names, a family stem's parameters back to the top level."""
+    state: dict[str, Tensor] = {}
+    if isinstance(trunk.stem, VitStem):
+        state.update(trunk.stem.vit.state_dict())
+    for name, module in zip(trunk.names, trunk.stages):
+        state.update({f"{name}.{key}": value for key, value in module.state_dict().items()})
+    state.update(branch.model.state_dict())  # the trunk's places there are parameter-free Identity modules
+    return state
+
+
 @dataclass
 class Split:
     trunk: Trunk

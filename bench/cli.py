@@ -231,6 +231,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
                      args.csv, args.rounds, args.steps, args.workers, args.optimizer)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export import export_run
+
+    return export_run(args.run, args.model, args.format, args.out)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="okd-bench: train and compare online knowledge distillation "
                                                "methods, and turn the runs into tables and plots.")
@@ -287,6 +293,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
     p.add_argument("--csv", type=Path, help="write the results as CSV")
     p.set_defaults(func=cmd_speed)
+
+    p = sub.add_parser("export", help="a finished run's eval model as a plain timm network (safetensors, "
+                                      "TorchScript, ONNX)")
+    p.add_argument("run", type=Path, help="a run folder, e.g. results/demo/digits/cifar_resnet8/pcl/seed0")
+    p.add_argument("--model", help="eval model (default: the headline one, e.g. PCL's mean_teacher0)")
+    p.add_argument("--format", default="safetensors", help="safetensors (default), torchscript or onnx")
+    p.add_argument("--out", type=Path, help="output file (default: <run>/deployed[_<model>].<ext>)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("list", help="registered methods, backbones, datasets and presets")
     p.add_argument("--all", action="store_true", help="list every timm backbone")

@@ -319,14 +319,24 @@ def _check_classes(dataset, spec: DatasetSpec) -> None:
                          f"{spec.num_classes}")
 
 
+def build_eval_loader(dataset: str, data_cfg, device: torch.device, channels_last: bool, rank: int = 0,
+                      world: int = 1):
+    """The test split of a registered dataset, in order; sharded over `world` ranks."""
+    spec = DATASETS.get(dataset)
+    test_src = spec.load(data_cfg, False)
+    if isinstance(test_src, TensorSplit):
+        return TensorEvalLoader(test_src, spec, data_cfg.eval_batch_size, device, channels_last, rank, world)
+    return FolderEvalLoader(test_src, spec, data_cfg, device, channels_last, rank, world)
+
+
 def build_loaders(dataset: str, data_cfg, views: int, seed: int, device: torch.device, channels_last: bool,
                   rank: int = 0, world: int = 1):
     """(train loader, eval loader, spec) for a registered dataset; sharded over `world` ranks."""
     spec = DATASETS.get(dataset)
-    train_src, test_src = spec.load(data_cfg, True), spec.load(data_cfg, False)
+    train_src = spec.load(data_cfg, True)
     if isinstance(train_src, TensorSplit):
-        return (TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last,
-                                  rank, world),
-                TensorEvalLoader(test_src, spec, data_cfg.eval_batch_size, device, channels_last, rank, world), spec)
-    return (FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last, rank, world),
-            FolderEvalLoader(test_src, spec, data_cfg, device, channels_last, rank, world), spec)
+        train = TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last, rank,
+                                  world)
+    else:
+        train = FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last, rank, world)
+    return train, build_eval_loader(dataset, data_cfg, device, channels_last, rank, world), spec

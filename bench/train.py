@@ -15,6 +15,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from bench import runs
+from bench import records, runs
 from bench.config import OptimConfig, RunConfig, parse_yaml, to_dict
 from bench.distributed import world
 from bench.errors import UsageError, unknown
@@ -116,6 +117,29 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
 
 
 _GIT_COMMIT: list[str | None] = []
+
+
+def read_checkpoint(path: Path, epochs: int, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """last.pt loaded with weights_only (no code runs) and its contents checked against a run of `epochs`
+    epochs; records.Malformed otherwise."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise records.Malformed(path, f"unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})"
+                                ) from None
+    records.check_checkpoint(path, state, epochs)
+    return state
+
+
+def load_method_weights(method: OnlineKDMethod, path: Path, epochs: int) -> None:
+    """The method's weights from a run's last.pt; UsageError when the file does not fit."""
+    try:
+        state = read_checkpoint(path, epochs)
+        method.load_state_dict(state["method"])
+    except records.Malformed as err:
+        raise UsageError(str(err)) from None
+    except RuntimeError as err:
+        raise UsageError(f"{path} does not fit {type(method).__name__}: {str(err).splitlines()[0]}") from None
 
 
 def git_commit() -> str | None:
@@ -268,11 +292,15 @@ class Trainer:
         if not path.exists():
             return False
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = read_checkpoint(path, self.cfg.epochs, self.device)
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except Exception as err:  # a checkpoint we cannot read is not trusted: start over
-            print(f"warning: ignoring unreadable checkpoint {path}: {type(err).__name__}: {err}")
+        except (records.Malformed, RuntimeError, ValueError, KeyError) as err:
+            # a checkpoint we cannot trust is kept aside, never overwritten, and the run starts over
+            aside = path.with_name(f"{path.name}.rejected-{int(time.time())}")
+            if self.rank == 0:
+                path.replace(aside)
+            print(f"warning: {err}; kept as {aside.name}, the run starts over", file=sys.stderr)
             return False
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history, self.best = list(state["history"]), dict(state["best"])
@@ -423,8 +451,21 @@ class Trainer:
         if self.world > 1:
             summary["ranks_in_sync"] = self.ranks_in_sync()
         if self.rank == 0:
+            if status == "done":
+                summary["deployed"] = self.export_deployed(summary)
             runs.write_json(self.folder / runs.SUMMARY, summary)
         return summary
+
+    def export_deployed(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+        """The headline model as a plain backbone beside the summary; a failure is a warning, not a failed run."""
+        from bench.export import write_deployed
+
+        try:
+            return write_deployed(self.method, summary, self.folder)
+        except Exception as err:
+            print(f"warning: could not write the deployed network of {self.folder}: {type(err).__name__}: {err}",
+                  file=sys.stderr)
+            return None
 
     def ranks_in_sync(self) -> bool:
         """Whether every rank ends with the same trainable parameters (DDP kept them in step)."""

@@ -72,6 +72,12 @@ class OnlineKDMethod(nn.Module):
         """Names of the eval models, the keys of `eval_logits`."""
         raise NotImplementedError
 
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        """The eval model `name` as the state dict of the plain backbone it was cut from (the backbone's own
+        keys, so `timm.create_model(backbone).load_state_dict` takes it), or None when `name` is not one
+        network of the backbone's size (an ensemble). Methods that do not implement it cannot be exported."""
+        return None
+
 
 METHODS: Registry[type[OnlineKDMethod]] = Registry("method")
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
-from methods.multibranch import BranchOptions, SharedTrunk
+from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 
 class GradScale(torch.autograd.Function):
@@ -73,3 +73,7 @@ class CL(OnlineKDMethod):
 
     def eval_names(self) -> list[str]:
         return [f"head{i}" for i in range(self.opts.num_heads)] + ["ensemble"]
+
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        i = indexed(name, "head", self.opts.num_heads)
+        return None if i is None else self.net.network_state_dict(i)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
-from methods.multibranch import BranchOptions, SharedTrunk
+from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 
 class FusionModule(nn.Module):
@@ -86,3 +86,7 @@ class FFLS(OnlineKDMethod):
 
     def eval_names(self) -> list[str]:
         return [f"branch{i}" for i in range(self.opts.num_branches)] + ["ensemble"]
+
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        i = indexed(name, "branch", self.opts.num_branches)
+        return None if i is None else self.net.network_state_dict(i)

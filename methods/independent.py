@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod
+from methods.multibranch import indexed
 
 
 class IndependentNetworks(OnlineKDMethod):
@@ -28,3 +29,7 @@ class IndependentNetworks(OnlineKDMethod):
 
     def eval_names(self) -> list[str]:
         return [f"net{i}" for i in range(len(self.nets))] + ["ensemble"]
+
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        i = indexed(name, "net", len(self.nets))
+        return None if i is None else self.nets[i].state_dict()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from backbones.branching import split_model
+from backbones.branching import plain_state_dict, split_model
 from bench.errors import UsageError, unknown
 from methods.base import BackboneFactory
 
@@ -43,3 +43,15 @@ class SharedTrunk(nn.Module):
 
     def run_branches(self, shared: Tensor) -> list[tuple[Tensor, Tensor]]:
         return [branch(shared) for branch in self.branches]
+
+    def network_state_dict(self, index: int) -> dict[str, Tensor]:
+        """Trunk + branch `index` as the plain backbone's state dict."""
+        return plain_state_dict(self.trunk, self.branches[index])
+
+
+def indexed(name: str, prefix: str, count: int) -> int | None:
+    """i for an eval model named `<prefix><i>` with 0 <= i < count, else None."""
+    suffix = name.removeprefix(prefix)
+    if name.startswith(prefix) and suffix.isdigit() and int(suffix) < count:
+        return int(suffix)
+    return None

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
-from methods.multibranch import BranchOptions, SharedTrunk
+from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 
 @dataclass
@@ -76,3 +76,8 @@ class OKDDip(OnlineKDMethod):
 
     def eval_names(self) -> list[str]:
         return ["leader"] + [f"peer{a}" for a in range(self.opts.num_peers)] + ["ensemble"]
+
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        m = self.opts.num_peers
+        i = m if name == "leader" else indexed(name, "peer", m)  # the leader is the last branch
+        return None if i is None else self.net.network_state_dict(i)

@@ -25,7 +25,7 @@ from bench.errors import UsageError, unknown
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.batching import per_group_batchnorm
 from methods.losses import kd_loss
-from methods.multibranch import BranchOptions, SharedTrunk
+from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 
 @dataclass
@@ -104,3 +104,11 @@ class PCL(OnlineKDMethod):
     def eval_names(self) -> list[str]:
         m = self.opts.num_peers
         return [f"mean_teacher{i}" for i in range(m)] + [f"peer{i}" for i in range(m)] + ["ensemble"]
+
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        m = self.opts.num_peers
+        for prefix, net in (("mean_teacher", self.mean_teacher), ("peer", self.net)):
+            i = indexed(name, prefix, m)
+            if i is not None:
+                return net.network_state_dict(i)
+        return None

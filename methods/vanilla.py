@@ -25,3 +25,6 @@ class Vanilla(OnlineKDMethod):
 
     def eval_names(self) -> list[str]:
         return ["net"]
+
+    def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        return self.net.state_dict() if name == "net" else None

@@ -1,0 +1,226 @@
+"""One validated reader for every file the tools read back from a run or sweep folder.
+
+Each reader returns the parsed record, None when the file is absent, or raises `Malformed` naming the file
+and what is wrong with it (undecodable bytes, invalid JSON/YAML, wrong types, impossible values). Callers
+that walk a tree (tables, plots, status) turn `Malformed` into one counted, named warning and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import runs
+
+STATUSES = ("done", "failed", "diverged")
+
+
+class Malformed(Exception):
+    """A file that exists but cannot be trusted; the message names the file and the problem."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
+
+def read_text(path: Path) -> str | None:
+    """The file's UTF-8 text, None when it is absent; Malformed for undecodable bytes or a non-file."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as err:
+        raise Malformed(path, f"not UTF-8 text (byte {err.start})") from None
+    except IsADirectoryError:
+        raise Malformed(path, "is a folder, not a file") from None
+    except OSError as err:
+        raise Malformed(path, f"unreadable ({err.strerror or err})") from None
+
+
+def read_json_file(path: Path) -> Any:
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise Malformed(path, f"not valid JSON ({err})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# small type checks
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(path: Path, ok: bool, problem: str) -> None:
+    if not ok:
+        raise Malformed(path, problem)
+
+
+def _errors_by_model(path: Path, value: Any, where: str, allow_missing: bool = False) -> None:
+    """{eval model: {"top1_error": finite number in [0, 100], ...}}."""
+    _check(path, isinstance(value, dict), f"'{where}' should map eval models to errors, got {type(value).__name__}")
+    for model, errs in value.items():
+        _check(path, isinstance(errs, dict), f"'{where}.{model}' should be a mapping, got {type(errs).__name__}")
+        for key in ("top1_error", "top5_error"):
+            err = errs.get(key)
+            if err is None and (allow_missing or key == "top5_error"):
+                continue
+            _check(path, _is_number(err), f"'{where}.{model}.{key}' should be a number, got {err!r}")
+            _check(path, math.isfinite(err) and 0 <= err <= 100, f"'{where}.{model}.{key}' is {err!r}, not a "
+                                                                  "percentage")
+
+
+def _optional(path: Path, record: dict, key: str, test: Callable[[Any], bool], kind: str) -> None:
+    value = record.get(key)
+    _check(path, value is None or test(value), f"'{key}' should be {kind}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# run files
+
+
+def load_summary(folder: Path) -> dict | None:
+    """summary.json, validated: identity fields, status, final/best errors, numbers where numbers belong."""
+    path = Path(folder) / runs.SUMMARY
+    data = read_json_file(path)
+    if data is None and not path.exists():
+        return None
+    _check(path, isinstance(data, dict), f"should be a JSON object, got {type(data).__name__}")
+    for key in ("dataset", "backbone", "method"):
+        _check(path, isinstance(data.get(key), str) and data[key] != "", f"'{key}' should be a name, got "
+                                                                          f"{data.get(key)!r}")
+    _check(path, _is_int(data.get("seed")) and data["seed"] >= 0, f"'seed' should be an integer, got "
+                                                                   f"{data.get('seed')!r}")
+    _check(path, data.get("status") in STATUSES, f"'status' should be one of {', '.join(STATUSES)}, got "
+                                                 f"{data.get('status')!r}")
+    _errors_by_model(path, data.get("final", {}), "final")
+    best = data.get("best", {})
+    _errors_by_model(path, best, "best")
+    for rec in best.values():
+        _optional(path, rec, "epoch", _is_int, "an integer")
+    if data["status"] == "done":
+        _check(path, isinstance(data.get("headline_model"), str) and data["headline_model"] in data["final"],
+               f"'headline_model' {data.get('headline_model')!r} has no final errors")
+    _optional(path, data, "eval_models", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+              "a list of names")
+    for key in ("wall_clock_s", "images_per_s"):
+        _optional(path, data, key, lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a non-negative number")
+    for key in ("epochs", "epochs_done", "world_size"):
+        _optional(path, data, key, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+    for key in ("device", "error", "headline_model", "git_commit", "amp"):
+        _optional(path, data, key, lambda v: isinstance(v, str), "a string")
+    _optional(path, data, "params", lambda v: isinstance(v, dict) and all(
+        x is None or _is_int(x) for x in v.values()), "a mapping of parameter counts")
+    _optional(path, data, "divergence", lambda v: isinstance(v, dict), "a mapping")
+    return data
+
+
+def load_metrics(folder: Path) -> list[dict]:
+    """metrics.jsonl, one record per epoch: a truncated last line (a killed writer) is dropped; any other bad
+    line, undecodable bytes or wrong types raise Malformed."""
+    path = Path(folder) / runs.METRICS
+    text = read_text(path)
+    if text is None:
+        return []
+    lines = text.splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i == len(lines) and not text.endswith("\n"):
+                break  # a write cut short
+            raise Malformed(path, f"line {i} is not valid JSON") from None
+        _check(path, isinstance(rec, dict), f"line {i} should be a JSON object")
+        _check(path, _is_int(rec.get("epoch")), f"line {i}: 'epoch' should be an integer, got {rec.get('epoch')!r}")
+        _errors_by_model(path, rec.get("top1_error", {}), f"line {i} top1_error", allow_missing=True)
+        for key in ("epoch_s", "images_per_s"):
+            _optional(path, rec, key, _is_number, "a number")
+        records.append(rec)
+    return records
+
+
+def load_config(folder: Path):
+    """config.yaml as a RunConfig (unknown keys and wrong types are Malformed); None when absent."""
+    from bench.config import RunConfig, from_dict, parse_yaml
+    from bench.errors import UsageError
+
+    path = Path(folder) / runs.CONFIG
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        data = parse_yaml(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise Malformed(path, "malformed YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+    try:
+        return from_dict(RunConfig, data, where="config")
+    except UsageError as err:
+        raise Malformed(path, str(err)) from None
+
+
+def load_lock(folder: Path) -> dict | None:
+    """running.json: {host: str, pid: int, started: number, heartbeat: number, job_id, ...}."""
+    path = Path(folder) / runs.LOCK
+    data = read_json_file(path)
+    if data is None:
+        return None
+    _check(path, isinstance(data, dict), "should be a JSON object")
+    _check(path, isinstance(data.get("host"), str), f"'host' should be a string, got {data.get('host')!r}")
+    _check(path, _is_int(data.get("pid")) and data["pid"] > 0, f"'pid' should be a process id, got "
+                                                                f"{data.get('pid')!r}")
+    for key in ("started", "heartbeat", "proc_start"):
+        _optional(path, data, key, _is_number, "a number")
+    _optional(path, data, "job_id", lambda v: isinstance(v, str), "a string")
+    return data
+
+
+def load_manifest(out: Path) -> dict:
+    """sweep.json: {runs: {relative run folder: {label, launcher, job_id}}, launcher, cancelled, ...}; an absent
+    manifest is an empty one."""
+    path = Path(out) / "sweep.json"
+    data = read_json_file(path)
+    if data is None:
+        return {"runs": {}}
+    _check(path, isinstance(data, dict), "should be a JSON object")
+    entries = data.get("runs", {})
+    _check(path, isinstance(entries, dict), f"'runs' should be a mapping, got {type(entries).__name__}")
+    for name, entry in entries.items():
+        _check(path, isinstance(entry, dict), f"run '{name}' should be a mapping")
+        _optional(path, entry, "job_id", lambda v: isinstance(v, str), "a string")
+        _optional(path, entry, "launcher", lambda v: isinstance(v, str), "a string")
+    _optional(path, data, "launcher_process", lambda v: isinstance(v, dict), "a mapping")
+    return data
+
+
+def check_checkpoint(path: Path, state: Any, epochs: int) -> None:
+    """The contents of a loaded last.pt: every key the trainer needs, with sane types and an epoch within the
+    run's configured epochs (a larger one cannot belong to this run)."""
+    _check(path, isinstance(state, dict), f"should hold a mapping, got {type(state).__name__}")
+    missing = [k for k in ("method", "optimizer", "epoch", "step", "history", "best", "rng") if k not in state]
+    _check(path, not missing, f"missing {', '.join(missing)}")
+    _check(path, isinstance(state["method"], dict) and isinstance(state["optimizer"], dict),
+           "'method' and 'optimizer' should be state dicts")
+    epoch, step = state["epoch"], state["step"]
+    _check(path, _is_int(epoch) and 0 <= epoch <= epochs, f"epoch {epoch!r} is outside this run's 0..{epochs}")
+    _check(path, _is_int(step) and step >= 0, f"step {step!r} is not a step count")
+    _check(path, isinstance(state["history"], list) and len(state["history"]) == epoch,
+           f"history has {len(state['history']) if isinstance(state['history'], list) else '?'} epochs, expected "
+           f"{epoch}")
+    _check(path, all(isinstance(r, dict) for r in state["history"]) and isinstance(state["best"], dict)
+           and isinstance(state["rng"], dict), "history, best or rng has the wrong type")

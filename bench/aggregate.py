@@ -55,35 +55,58 @@ def find_run_folders(roots: Iterable[Path]) -> list[Path]:
     return sorted(set().union(*(runs.find_run_folders(root) for root in roots)))
 
 
-def _curves(folder: Path, ident: dict) -> list[dict]:
+def _curves(history: list[dict], ident: dict) -> list[dict]:
     rows = []
-    for rec in runs.read_jsonl(folder / runs.METRICS):
+    for rec in history:
         for model, err in (rec.get("top1_error") or {}).items():
             rows.append({**ident, "epoch": rec.get("epoch"), "eval_model": model, "top1_error": err,
                          "top5_error": (rec.get("top5_error") or {}).get(model)})
     return rows
 
 
+def stray_entries(roots: Iterable[Path], folders: list[Path]) -> list[Path]:
+    """Files standing where a run, method, backbone or dataset folder belongs (beside run folders, up to the
+    results folder given): they are not runs, and are named rather than silently ignored."""
+    roots = [Path(r).resolve() for r in roots]
+    levels: set[Path] = set()
+    for folder in folders:
+        parent = folder.resolve().parent
+        for _ in range(3):  # method, backbone and dataset folders
+            if parent in roots or not any(parent.is_relative_to(r) for r in roots):
+                break
+            levels.add(parent)
+            parent = parent.parent
+    return sorted(p for level in levels for p in level.iterdir()
+                  if not p.name.startswith(".") and not p.is_dir())
+
+
 def load_runs(roots: Iterable[Path]) -> Collection:
-    """Read every run under `roots`; partial, running, failed and corrupt runs become warnings."""
+    """Read every run under `roots` through the validated readers: partial, running, failed and corrupt runs,
+    bad files and stray files become counted warnings that name them; nothing raises."""
+    from bench.records import Malformed, load_metrics, load_summary
+
+    roots = list(roots)
     models, curves, run_rows, notes = [], [], [], []
     counts = {"partial": 0, "failed": 0, "diverged": 0, "corrupt": 0}
-    for folder in find_run_folders(roots):
-        summary = runs.read_json(folder / runs.SUMMARY)
-        if (folder / runs.SUMMARY).exists() and not _valid_summary(summary):
+    folders = find_run_folders(roots)
+    for folder in folders:
+        try:
+            summary = load_summary(folder)
+        except Malformed as err:
             counts["corrupt"] += 1
-            notes.append(f"corrupt summary.json skipped: {folder}")
+            notes.append(f"corrupt run skipped: {err}")
             continue
         if summary is None:
             counts["partial"] += 1
             notes.append(f"unfinished run (no summary.json): {folder}")
             continue
         ident = {k: summary[k] for k in ("dataset", "backbone", "method", "seed")}
+        params = summary.get("params") or {}
         run_rows.append({**ident, "status": summary["status"], "folder": str(folder),
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
                          "wall_clock_s": summary.get("wall_clock_s"), "images_per_s": summary.get("images_per_s"),
-                         "device": summary.get("device"), "params_deployed": summary.get("params", {}).get("deployed"),
-                         "params_training": summary.get("params", {}).get("training_total"),
+                         "device": summary.get("device"), "params_deployed": params.get("deployed"),
+                         "params_training": params.get("training_total"),
                          "error": summary.get("error") or (summary.get("divergence") or {}).get("message")})
         if summary["status"] != "done":
             counts[summary["status"]] = counts.get(summary["status"], 0) + 1
@@ -95,16 +118,16 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             models.append({**ident, "eval_model": model, "is_headline": model == headline,
                            "final_top1": final.get("top1_error"), "final_top5": final.get("top5_error"),
                            "best_top1": best.get("top1_error"), "best_top5": best.get("top5_error")})
-        curves.extend(_curves(folder, ident))
+        try:
+            curves.extend(_curves(load_metrics(folder), ident))
+        except Malformed as err:
+            notes.append(f"curves left out: {err}")
+    for path in stray_entries(roots, folders):
+        notes.append(f"stray file where a run folder belongs, ignored: {path}")
     shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     if shown:
         notes.insert(0, f"skipped runs: {shown}")
     return Collection(pd.DataFrame(models), pd.DataFrame(curves), pd.DataFrame(run_rows), notes)
-
-
-def _valid_summary(summary) -> bool:
-    return (isinstance(summary, dict) and all(k in summary for k in ("dataset", "backbone", "method", "seed", "status"))
-            and isinstance(summary.get("final"), dict))
 
 
 # ---------------------------------------------------------------------------------------------

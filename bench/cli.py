@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.errors import UsageError
+from bench.errors import UsageError, unknown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +49,7 @@ def add_grid_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="results folder of the sweep (default: the preset's, e.g. results/demo)")
     g.add_argument("--preset", help="demo, paper or imagenet (default: from the datasets)")
     o = p.add_argument_group("more")
-    o.add_argument("--config", type=Path, help="a YAML file of settings (same keys as the presets)")
+    o.add_argument("--config", help="a YAML file of settings (same keys as the presets)")
     o.add_argument("--data-root", help="folder holding the datasets (default: data)")
     o.add_argument("--download", action="store_true", help="download CIFAR when missing (needs network)")
     o.add_argument("--device", help="auto, cpu, cuda, cuda:N")
@@ -62,26 +62,30 @@ def build_sweep(args: argparse.Namespace):
     from bench.config import SweepConfig, from_dict, load_preset, load_yaml, parse_override
     from methods import METHODS
 
-    datasets = parse_names(args.datasets, "datasets") if args.datasets else None
+    for flag in ("methods", "datasets", "backbones", "seeds", "out", "preset", "data_root", "device", "config"):
+        value = getattr(args, flag)
+        if value is not None and not str(value).strip():  # an empty value is a mistake, never "use the default"
+            raise UsageError(f"--{flag.replace('_', '-')} is empty; leave the flag out for the default")
+    datasets = parse_names(args.datasets, "datasets") if args.datasets is not None else None
     preset = args.preset or default_preset(datasets)
     sweep = from_dict(SweepConfig, load_preset(preset), where=f"preset '{preset}'")
     if args.config:
         sweep = from_dict(SweepConfig, load_yaml(args.config), where=str(args.config), base=sweep)
     flags: dict = {}
-    if args.methods:
+    if args.methods is not None:
         flags["methods"] = parse_names(args.methods, "methods")
-    if datasets:
+    if datasets is not None:
         flags["datasets"] = datasets
-    if args.backbones:
+    if args.backbones is not None:
         flags["backbones"] = parse_names(args.backbones, "backbones")
     if args.seeds is not None:
         flags["seeds"] = parse_seeds(args.seeds)
     if args.epochs is not None:
         flags["epochs"] = args.epochs
-    if args.out:
+    if args.out is not None:
         flags["out"] = args.out
     data = {}
-    if args.data_root:
+    if args.data_root is not None:
         data["root"] = args.data_root
     if args.download:
         data["download"] = True
@@ -89,7 +93,7 @@ def build_sweep(args: argparse.Namespace):
         data["batch_size"] = args.batch_size
     if data:
         flags["data"] = data
-    if args.device:
+    if args.device is not None:
         flags["compute"] = {"device": args.device}
     sweep = from_dict(SweepConfig, flags, where="command line", base=sweep)
     for text in args.overrides:
@@ -176,6 +180,9 @@ def _collect(args: argparse.Namespace):
         print(f"warning: {note}", file=sys.stderr)
     if not hasattr(args, "metric"):  # bench plot: no table options
         return roots, collection, TableSpec()
+    known = ["headline", "ensemble", *sorted(set(collection.models.get("eval_model", [])))]
+    if args.model not in known and not collection.models.empty:
+        raise unknown("--model", args.model, known)
     spec = TableSpec(metric=args.metric, measure=args.measure, top=args.top, model=args.model,
                      reference=not args.no_reference, significance=args.significance)
     return roots, collection, spec
@@ -227,6 +234,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
     names = parse_names(args.backbones, "backbones")
     for b in names:
         backbones.check_backbone(b)
+    if args.csv is not None:
+        from bench.export import check_output
+
+        check_output(args.csv, None, "--csv")
     return run_speed(methods, names, args.device, args.batch_size, args.amp, not args.no_channels_last,
                      args.csv, args.rounds, args.steps, args.workers, args.optimizer)
 
@@ -308,8 +319,23 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (e.g. `kill`, a scheduler ending the job): unwinds like Ctrl-C, so locks and temp files go."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = make_parser()
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    else:
+        previous = None
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
@@ -317,11 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+        print("bench: interrupted; an interrupted run resumes from its last epoch on the next 'bench run'",
+              file=sys.stderr)
         return 130
+    except Terminated:
+        print("bench: terminated (SIGTERM); an interrupted run resumes from its last epoch on the next 'bench run'",
+              file=sys.stderr)
+        return 143
     except BrokenPipeError:  # e.g. `bench list | head`
         sys.stderr.close()
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,8 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
         raise UsageError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:

@@ -206,17 +206,20 @@ def reevaluate(net: Network, method, name: str, cfg) -> tuple[dict[str, float], 
     return {"top1_error": 100.0 * (n - top1) / n, "top5_error": 100.0 * (n - top5) / n}, gap
 
 
-def check_output(path: Path, folder: Path) -> None:
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a folder; give a file name (e.g. {path / 'model.safetensors'})")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {path}: folder {parent} does not exist")
+def check_output(path: Path, folder: Path | None, flag: str = "--out") -> None:
+    """An output file path that can be written: not a folder, in an existing writable folder, and never one of
+    a run's own files."""
     import os
 
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: folder {parent} is not writable")
-    if path.resolve() in {(folder / n).resolve() for n in runs.RUN_FILES}:
+        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
+    if folder is not None and path.resolve() in {(folder / n).resolve() for n in runs.RUN_FILES}:
         raise UsageError(f"--out {path} would overwrite the run's own {path.name}")
 
 

@@ -25,11 +25,13 @@ import submitit
 from bench import runs
 from bench.config import SweepConfig
 from bench.errors import UsageError, did_you_mean, unknown
-from bench.sweep import RunSpec, prepare
+from bench.sweep import RunSpec, check_builds, check_device_here, prepare
 
 LAUNCHERS = ("local", "inline", "slurm")
 MANIFEST = "sweep.json"
+MANIFEST_LOCK = ".sweep.lock"
 JOB_RECORD = "job.json"
+ALREADY_RUNNING = "already running"  # what a job returns when another process holds its run
 
 
 @dataclass
@@ -51,13 +53,16 @@ class LaunchOptions:
 def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = None) -> dict[str, Any]:
     """Train one run under its lock; a failure before training starts is recorded as a failed summary."""
     from bench.distributed import is_main
+    from bench.records import load_summary
     from bench.train import train_run
 
     spec.folder.mkdir(parents=True, exist_ok=True)
     if runs.run_status(spec.folder) == "done":  # e.g. a job requeued after its run had finished
-        return runs.read_json(spec.folder / runs.SUMMARY)
+        return load_summary(spec.folder)
     lock = runs.RunLock(spec.folder, job_id) if is_main() else contextlib.nullcontext()
     with lock:
+        if runs.run_status(spec.folder) == "done":  # finished by another process while this one waited
+            return load_summary(spec.folder)
         try:
             return train_run(spec.config, spec.folder, progress_bar=progress_bar)
         except Exception as err:
@@ -88,7 +93,10 @@ class RunJob(submitit.helpers.Checkpointable):
         from bench.distributed import maybe_init_distributed
 
         with maybe_init_distributed():
-            return execute_run(spec, progress_bar=False, job_id=job_id)
+            try:
+                return execute_run(spec, progress_bar=False, job_id=job_id)
+            except runs.AlreadyRunning as busy:  # another process trains this run: this job leaves it alone
+                return {"status": ALREADY_RUNNING, "holder": busy.holder}
 
     def checkpoint(self, spec: RunSpec) -> submitit.helpers.DelayedSubmission:
         # the trainer checkpoints at every epoch boundary: resubmitting the same run resumes from there
@@ -131,19 +139,38 @@ def load_profile(path: Path) -> dict[str, Any]:
 # the sweep manifest and queue state
 
 
-def read_manifest(out: Path) -> dict[str, Any]:
-    data = runs.read_json(Path(out) / MANIFEST)
-    return data if isinstance(data, dict) else {"runs": {}}
+def read_manifest(out: Path, warn: bool = True) -> dict[str, Any]:
+    """sweep.json, validated; a malformed one reads as empty (with a warning naming it)."""
+    from bench.records import Malformed, load_manifest
+
+    try:
+        return load_manifest(out)
+    except Malformed as err:
+        if warn:
+            print(f"warning: {err}; read as empty", file=sys.stderr)
+        return {"runs": {}}
 
 
 def update_manifest(out: Path, **changes: Any) -> dict[str, Any]:
-    manifest = read_manifest(out)
-    run_changes = changes.pop("runs", {})
-    manifest.setdefault("runs", {})
-    for key, value in run_changes.items():
-        manifest["runs"][key] = {**manifest["runs"].get(key, {}), **value}
-    manifest.update(changes)
-    runs.write_json(Path(out) / MANIFEST, manifest)
+    """Read-modify-write of sweep.json under the sweep's flock, so that concurrent launchers lose no update; a
+    malformed manifest is kept aside (sweep.json.rejected-<time>), not overwritten."""
+    from bench.records import Malformed, load_manifest
+
+    out = Path(out)
+    with runs.FileLock(out / MANIFEST_LOCK):
+        try:
+            manifest = load_manifest(out)
+        except Malformed as err:
+            aside = out / f"{MANIFEST}.rejected-{int(time.time())}"
+            (out / MANIFEST).replace(aside)
+            print(f"warning: {err}; kept as {aside.name}", file=sys.stderr)
+            manifest = {"runs": {}}
+        run_changes = changes.pop("runs", {})
+        manifest.setdefault("runs", {})
+        for key, value in run_changes.items():
+            manifest["runs"][key] = {**manifest["runs"].get(key, {}), **value}
+        manifest.update(changes)
+        runs.write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -210,7 +237,10 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
             raise UsageError("--launcher slurm: sbatch not found on this machine (is SLURM installed?)")
     out = Path(sweep.out)
     specs = prepare(sweep, force=opts.force)
+    if opts.launcher != "slurm":  # SLURM runs find their devices on the cluster's nodes
+        check_device_here(sweep.compute)
     todo, skipped = classify(specs, out, opts)
+    check_builds(todo)
     notes = [f"{n} {k}" for k, n in skipped.items() if n]
     print(f"sweep: {len(specs)} runs, {len(todo)} to run" + (f" ({', '.join(notes)}: skipped)" if notes else "")
           + f" -> {out}  [preset: {preset}, launcher: {opts.launcher}]")
@@ -219,26 +249,53 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
     if opts.force:
         for spec in todo:
             runs.reset_run_folder(spec.folder)
-    update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_pid=os.getpid() if opts.wait else None,
+    runs.remove_stale_temp_files(out, older_than_s=STALE_TEMP_S)
+    me = runs.process_identity() if opts.wait else None
+    update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_process=me,
                     runs={rel(s, out): {"label": s.label} for s in specs})
-    if not todo:
-        report(out)
-        return 0
-    if opts.launcher == "inline":
-        failed = launch_inline(todo, opts)
-    elif opts.launcher == "local":
-        failed = launch_local(todo, out, opts)
-    else:
-        failed = launch_slurm(todo, out, opts, profile)
-        if failed is None:
+    try:
+        if not todo:
+            report(out)
             return 0
-    report(out)
-    return 1 if failed else 0
+        if opts.launcher == "inline":
+            failed = launch_inline(todo, opts)
+        elif opts.launcher == "local":
+            failed = launch_local(todo, out, opts)
+        else:
+            failed = launch_slurm(todo, out, opts, profile)
+            if failed is None:
+                return 0
+        report(out)
+        return 1 if failed else 0
+    finally:
+        if me is not None:  # this launcher is done: nothing left for 'bench cancel' to signal by its identity
+            clear_launcher(out, me)
 
 
-def _print_result(i: int, n: int, spec: RunSpec, seconds: float) -> bool:
-    """One line per finished run; True when the run did not end `done`."""
-    summary = runs.read_json(spec.folder / runs.SUMMARY) or {}
+STALE_TEMP_S = 600.0  # a sweep-level temp file this old belongs to a killed writer
+
+
+def clear_launcher(out: Path, me: dict) -> None:
+    try:
+        if read_manifest(out, warn=False).get("launcher_process") == me:
+            update_manifest(out, launcher_process=None)
+    except OSError:
+        pass
+
+
+def _print_result(i: int, n: int, spec: RunSpec, seconds: float, result: Any = None) -> bool:
+    """One line per finished run; True when the run did not end `done`. `result`: what the job returned."""
+    if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
+        holder = result.get("holder") or {}
+        print(f"[{i}/{n}] {spec.label}: skipped, already running elsewhere (pid {holder.get('pid')} on "
+              f"{holder.get('host')}, job {holder.get('job_id')})", file=sys.stderr)
+        return False
+    from bench.records import Malformed, load_summary
+
+    try:
+        summary = load_summary(spec.folder) or {}
+    except Malformed as err:
+        summary = {"status": "failed", "error": str(err)}
     status = summary.get("status", "failed")
     if status == "done":
         head = summary["headline_model"]
@@ -280,15 +337,38 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
             job = executor.submit(RunJob(threads), spec)
             running[job.job_id] = (job, spec)
             t0[job.job_id] = time.perf_counter()
-            runs.write_json(spec.folder / JOB_RECORD, {"launcher": "local", "job_id": job.job_id})
-            update_manifest(out, runs={rel(spec, out): {"launcher": "local", "job_id": job.job_id}})
+            record = {"launcher": "local", "job_id": job.job_id, "process": runs.process_identity(int(job.job_id))}
+            runs.write_json(spec.folder / JOB_RECORD, record)
+            update_manifest(out, runs={rel(spec, out): record})
         time.sleep(0.5)
         for job_id, (job, spec) in list(running.items()):
             if job.done():
                 del running[job_id]
                 finished += 1
-                failed += _print_result(finished, len(todo), spec, time.perf_counter() - t0[job_id])
+                result = _job_result(job)
+                if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
+                    restore_holder(out, spec, result)
+                failed += _print_result(finished, len(todo), spec, time.perf_counter() - t0[job_id], result)
     return failed
+
+
+def _job_result(job) -> Any:
+    try:
+        return job.result()
+    except Exception:  # the run's own failure is in its summary
+        return None
+
+
+def restore_holder(out: Path, spec: RunSpec, result: dict) -> None:
+    """A job that found its run held by another process recorded itself at submission: point the run's records
+    back at the holder, so that status and cancel follow the process that really trains it."""
+    holder = result.get("holder") or {}
+    job_id = holder.get("job_id")
+    launcher = "inline" if job_id is None else "local" if str(job_id) == str(holder.get("pid")) else "slurm"
+    record = {"launcher": launcher, "job_id": job_id,
+              "process": {k: holder.get(k) for k in ("host", "pid", "boot_id", "start_ticks")}}
+    runs.write_json(spec.folder / JOB_RECORD, record)
+    update_manifest(out, runs={rel(spec, out): record})
 
 
 def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: dict[str, Any]) -> int | None:
@@ -308,11 +388,10 @@ def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: d
     failed, started = 0, time.perf_counter()
     by_id = {job.job_id: spec for job, spec in zip(jobs, todo)}
     for i, job in enumerate(submitit.helpers.as_completed(jobs, poll_frequency=2), 1):
-        try:
-            job.result()
-        except Exception:
-            pass
-        failed += _print_result(i, len(jobs), by_id[job.job_id], time.perf_counter() - started)
+        result = _job_result(job)
+        if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
+            restore_holder(out, by_id[job.job_id], result)
+        failed += _print_result(i, len(jobs), by_id[job.job_id], time.perf_counter() - started, result)
     return failed
 
 

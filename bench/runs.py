@@ -71,31 +71,6 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def read_json(path: Path) -> Any | None:
-    """The parsed file, or None when it is missing, empty or not valid JSON."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every valid JSON object line of the file; a truncated last line is dropped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
-
-
 RUN_FILES = (SUMMARY, METRICS, CONFIG, CHECKPOINT)
 
 
@@ -108,18 +83,110 @@ def find_run_folders(root: Path, markers: tuple[str, ...] = RUN_FILES) -> set[Pa
 
 
 def run_status(path: Path) -> str:
-    """'done', 'failed', 'diverged' (from summary.json), 'partial' (started) or 'missing'."""
-    summary = read_json(Path(path) / SUMMARY)
-    if isinstance(summary, dict) and summary.get("status") in ("done", "failed", "diverged"):
+    """'done', 'failed', 'diverged' (from summary.json), 'corrupt' (a summary.json that does not validate),
+    'partial' (started) or 'missing'."""
+    from bench.records import Malformed, load_summary
+
+    try:
+        summary = load_summary(path)
+    except Malformed:
+        return "corrupt"
+    if summary is not None:
         return summary["status"]
     return "partial" if Path(path).exists() else "missing"
+
+
+# ---------------------------------------------------------------------------------------------
+# process identity: more than a pid, so that a signal never reaches a process that merely reuses one
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        fields = stat[stat.rindex(")") + 2:].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])  # a zombie has exited already
+    except (ValueError, IndexError):
+        return None
+
+
+def process_identity(pid: int | None = None) -> dict[str, Any]:
+    """{host, pid, boot_id, start_ticks} of a process (default: this one)."""
+    pid = os.getpid() if pid is None else int(pid)
+    return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(), "start_ticks": _start_ticks(pid)}
+
+
+def is_same_process(identity: Any) -> bool:
+    """Whether `identity` (from process_identity) names a process alive now on this host: same pid, same boot,
+    same start time. Without /proc to compare start times, nothing is confirmed (False)."""
+    if not isinstance(identity, dict) or identity.get("host") != socket.gethostname():
+        return False
+    pid, ticks = identity.get("pid"), identity.get("start_ticks")
+    if not isinstance(pid, int) or pid <= 0 or ticks is None:
+        return False
+    return identity.get("boot_id") == _boot_id() and _start_ticks(pid) == ticks
+
+
+# ---------------------------------------------------------------------------------------------
+# one lock primitive: flock on a lock file (atomic; released by the kernel when its holder dies)
+
+
+class LockBusy(Exception):
+    """The lock is held by another process."""
+
+
+class FileLock:
+    """An exclusive flock on `path` (created if needed). `blocking=False` raises LockBusy when it is held; a
+    holder killed by any signal releases it with its last file descriptor, so no lock is ever left stale."""
+
+    def __init__(self, path: Path, blocking: bool = True, attempts: int = 5) -> None:
+        self.path, self.blocking, self.attempts = Path(path), blocking, attempts
+        self.fd: int | None = None
+
+    def acquire(self) -> FileLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        for attempt in range(self.attempts):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+                self.fd = fd
+                return self
+            except BlockingIOError:
+                if attempt + 1 < self.attempts:
+                    time.sleep(0.05)
+        os.close(fd)
+        raise LockBusy(str(self.path))
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ---------------------------------------------------------------------------------------------
 # a run's lock: one live copy of a run at a time
 
 
-LOCK = "running.json"
+LOCK = "running.json"  # who holds the run: host, pid, start time, job id, heartbeat (for status and other hosts)
+LOCK_FILE = ".run.lock"  # the flock itself
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
 
@@ -127,49 +194,56 @@ STALE_S = 120.0
 class AlreadyRunning(Exception):
     """Another live process holds this run's lock."""
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def __init__(self, folder: Path, holder: dict) -> None:
+        super().__init__(f"{folder} is already running (pid {holder.get('pid')} on {holder.get('host')}, job "
+                         f"{holder.get('job_id')})")
+        self.holder = holder
 
 
 def lock_holder(folder: Path) -> dict | None:
-    """The record of a live process holding the run's lock, or None (no lock, or a stale one).
+    """The record of a live process holding the run, or None (no record, a dead holder, or a record that cannot
+    be read: a malformed running.json is no lock).
 
-    A lock is live when its process runs on this host, or, from another host, when its heartbeat is
-    recent. A requeued SLURM job (same job id, new process) is not another holder.
-    """
-    record = read_json(Path(folder) / LOCK)
-    if not isinstance(record, dict):
+    On this host the record's process identity (pid and start time) must be alive; from another host (a shared
+    file system) its heartbeat must be recent. A requeued SLURM job (same job id, new process) is not another
+    holder: its old process is gone."""
+    from bench.records import Malformed, load_lock
+
+    try:
+        record = load_lock(folder)
+    except Malformed:
         return None
-    if record.get("host") == socket.gethostname():
-        return record if _pid_alive(int(record.get("pid", -1))) else None
-    return record if time.time() - float(record.get("heartbeat", 0)) < STALE_S else None
+    if record is None:
+        return None
+    if record["host"] == socket.gethostname():
+        return record if is_same_process(record) else None
+    return record if time.time() - float(record.get("heartbeat") or 0) < STALE_S else None
 
 
 class RunLock:
-    """Held while a run trains: `running.json` with host, pid, job id and a heartbeat every 15 s."""
+    """Held while a run trains: an exclusive flock on `<run>/.run.lock` (atomic: of two processes racing for
+    one run exactly one gets it), and `running.json` with the holder's identity and a heartbeat every 15 s."""
 
     def __init__(self, folder: Path, job_id: str | None = None) -> None:
         self.folder, self.job_id = Path(folder), job_id
+        self._lock = FileLock(self.folder / LOCK_FILE, blocking=False)
         self._stop = None
         self._thread = None
 
     def _record(self) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": self.job_id,
-                "started": self.started, "heartbeat": time.time()}
+        return {**self.identity, "job_id": self.job_id, "started": self.started, "heartbeat": time.time()}
 
     def __enter__(self) -> RunLock:
-        holder = lock_holder(self.folder)
-        if holder is not None and holder.get("pid") != os.getpid() and (
-                self.job_id is None or holder.get("job_id") != self.job_id):
-            raise AlreadyRunning(f"{self.folder} is already running (pid {holder.get('pid')} on "
-                                 f"{holder.get('host')}, job {holder.get('job_id')})")
+        try:
+            self._lock.acquire()
+        except LockBusy:
+            raise AlreadyRunning(self.folder, lock_holder(self.folder) or {}) from None
+        remote = lock_holder(self.folder)  # a holder on another host sharing this folder (no common flock)
+        if remote is not None and remote.get("host") != socket.gethostname() and (
+                self.job_id is None or remote.get("job_id") != self.job_id):
+            self._lock.release()
+            raise AlreadyRunning(self.folder, remote)
+        self.identity = process_identity()
         self.started = time.time()
         write_json(self.folder / LOCK, self._record())
         self._stop = threading.Event()
@@ -189,12 +263,19 @@ class RunLock:
         self._stop.set()
         self._thread.join(timeout=5)
         (self.folder / LOCK).unlink(missing_ok=True)
+        self._lock.release()
 
 
-def remove_stale_temp_files(folder: Path) -> None:
-    """Temp files left by a writer that was killed mid-write (the real files are intact)."""
-    for path in Path(folder).glob(".*.tmp"):
-        path.unlink(missing_ok=True)
+def remove_stale_temp_files(folder: Path, older_than_s: float = 0.0) -> None:
+    """Temp files left by a writer that was killed mid-write (the real files are intact); in a folder that other
+    processes may be writing to, only those older than `older_than_s`."""
+    now = time.time()
+    for path in [*Path(folder).glob(".*.tmp"), *Path(folder).glob(".*.tmp.*")]:
+        try:
+            if now - path.stat().st_mtime >= older_than_s:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def reset_run_folder(folder: Path) -> None:

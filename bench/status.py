@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from bench import runs
-from bench.config import parse_yaml
 from bench.errors import UsageError
 from bench.launch import MANIFEST, read_manifest, slurm_queue, update_manifest
 
@@ -34,44 +33,65 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def run_folders(out: Path) -> list[str]:
-    manifest = read_manifest(out)
+def run_folders(out: Path, manifest: dict) -> list[str]:
     found = set(manifest.get("runs", {}))
     found.update(f.relative_to(out).as_posix() for f in runs.find_run_folders(out, RUN_MARKERS) if f != out)
     return sorted(found)
 
 
-def run_states(out: Path) -> list[dict]:
-    """One record per run: run, state, epoch, epochs, job, elapsed_s, error."""
+def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
+    """One record per run: run, state, epoch, epochs, job, elapsed_s, error. A file that does not validate is
+    named in `warnings` (when given) and its run shown as 'corrupt' or read without it; nothing raises."""
+    from bench.records import Malformed, load_config, load_manifest, load_metrics, load_summary
+
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"sweep folder not found: {out}")
-    manifest = read_manifest(out)
+    notes = warnings if warnings is not None else []
+    try:
+        manifest = load_manifest(out)
+    except Malformed as err:
+        notes.append(f"{err}; read as empty")
+        manifest = {"runs": {}}
     entries = manifest.get("runs", {})
     slurm_ids = [e["job_id"] for e in entries.values() if e.get("launcher") == "slurm" and e.get("job_id")]
     queued = slurm_queue(slurm_ids)
     accounted = sacct_states(slurm_ids) if slurm_ids else {}
     records = []
-    for name in run_folders(out):
+    for name in run_folders(out, manifest):
         folder = out / name
         entry = entries.get(name, {})
         job_id = entry.get("job_id")
-        summary = runs.read_json(folder / runs.SUMMARY)
-        config = _read_config(folder)
-        done_epochs = len(runs.read_jsonl(folder / runs.METRICS))
-        epochs = (summary or {}).get("epochs") or (config or {}).get("epochs")
+        rec = {"run": name, "job": job_id or "", "epoch": 0, "epochs": None, "elapsed_s": None, "error": ""}
+        summary = config = None
+        for load in (load_summary, load_config, load_metrics):
+            try:
+                value = load(folder)
+            except Malformed as err:
+                notes.append(str(err))
+                rec["error"] = f"{err.path.name}: {err.problem}"
+                if load is load_summary:
+                    rec["state"] = "corrupt"
+                continue
+            if load is load_summary:
+                summary = value
+            elif load is load_config:
+                config = value
+            else:
+                rec["epoch"] = len(value)
+        rec["epochs"] = (summary or {}).get("epochs") or (config.epochs if config is not None else None)
         holder = runs.lock_holder(folder)
-        rec = {"run": name, "job": job_id or "", "epoch": done_epochs, "epochs": epochs, "elapsed_s": None,
-               "error": ""}
-        status = runs.run_status(folder)
-        if status in ("done", "failed", "diverged"):
-            rec["state"] = status
+        _lock_note(folder, notes)
+        if rec.get("state") == "corrupt":
+            pass
+        elif summary is not None:
+            rec["state"] = summary["status"]
             rec["elapsed_s"] = summary.get("wall_clock_s")
             message = summary.get("error") or (summary.get("divergence") or {}).get("message") or ""
             rec["error"] = message.strip().splitlines()[-1] if message.strip() else ""
         elif holder is not None:
             rec["state"] = "running"
-            rec["elapsed_s"] = time.time() - float(holder.get("started", time.time()))
+            rec["elapsed_s"] = time.time() - float(holder.get("started") or time.time())
         elif job_id in queued:
             rec["state"] = queued[job_id].lower()
         elif manifest.get("cancelled") or accounted.get(job_id, "").startswith("CANCELLED"):
@@ -84,12 +104,13 @@ def run_states(out: Path) -> list[dict]:
     return records
 
 
-def _read_config(folder: Path) -> dict | None:
+def _lock_note(folder: Path, notes: list[str]) -> None:
+    from bench.records import Malformed, load_lock
+
     try:
-        data = parse_yaml((folder / runs.CONFIG).read_text(encoding="utf-8"))
-    except Exception:
-        return None
-    return data if isinstance(data, dict) else None
+        load_lock(folder)
+    except Malformed as err:
+        notes.append(f"{err}; not taken as a lock")
 
 
 def _elapsed(seconds: float | None) -> str:
@@ -101,7 +122,10 @@ def _elapsed(seconds: float | None) -> str:
 
 
 def print_status(out: Path) -> int:
-    records = run_states(out)
+    notes: list[str] = []
+    records = run_states(out, notes)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     if not records:
         print(f"no runs in {out}")
         return 0
@@ -132,34 +156,38 @@ def cancel(out: Path) -> int:
             raise UsageError("scancel not found: cannot cancel SLURM jobs from this machine")
         subprocess.run(["scancel", *slurm_ids], check=False)
         print(f"cancelled {len(slurm_ids)} SLURM jobs")
-    pids = [int(e["job_id"]) for e in manifest["runs"].values()
-            if e.get("launcher") == "local" and str(e.get("job_id", "")).isdigit()]
-    if manifest.get("launcher_pid"):
-        pids.insert(0, int(manifest["launcher_pid"]))
-    stopped = 0
-    for pid in pids:
-        if pid != os.getpid() and _terminate(pid):
-            stopped += 1
-    if pids:
-        print(f"stopped {stopped} local processes")
-    if not slurm_ids and not pids:
+    processes = [manifest.get("launcher_process")] + [e.get("process") for e in manifest["runs"].values()
+                                                       if e.get("launcher") == "local"]
+    processes = [p for p in processes if p]
+    stopped = sum(_terminate(p) for p in processes)
+    if processes:
+        print(f"stopped {stopped} local processes" + (f" ({len(processes) - stopped} already gone)"
+                                                       if stopped < len(processes) else ""))
+    if "launcher_pid" in manifest and not manifest.get("launcher_process"):
+        print(f"not signalling pid {manifest['launcher_pid']}: recorded by an older okd-bench without its start "
+              "time, so it cannot be confirmed to be this sweep's launcher", file=sys.stderr)
+    if not slurm_ids and not processes:
         print(f"nothing to cancel in {out}", file=sys.stderr)
     return 0
 
 
-def _terminate(pid: int) -> bool:
+def _terminate(identity: dict) -> bool:
+    """SIGTERM, then SIGKILL after 5 s, to the process `identity` names, and only while it is that very process
+    (same host, pid, boot and start time): a pid the OS has handed to another process is never signalled."""
+    pid = identity.get("pid")
+    if pid == os.getpid() or not runs.is_same_process(identity):
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return False
     for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not runs.is_same_process(identity):
             return True
         time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if runs.is_same_process(identity):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return True

@@ -3,7 +3,9 @@ run starts (names, options, data, the results folder), so bad input changes noth
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     from methods import METHODS
     from methods.base import options_dict, resolve_options
 
+    if not str(sweep.out).strip():
+        raise UsageError("out must name a folder, got an empty value")
     for kind, values in (("methods", sweep.methods), ("backbones", sweep.backbones),
                          ("datasets", sweep.datasets), ("seeds", sweep.seeds)):
         if not values:
@@ -47,19 +51,78 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     for s in sweep.seeds:
         if s < 0:
             raise UsageError(f"seeds must be non-negative integers, got {s}")
-    if sweep.epochs < 1:
-        raise UsageError(f"epochs must be at least 1, got {sweep.epochs}")
-    for name in ("batch_size", "eval_batch_size"):
-        if getattr(sweep.data, name) < 1:
-            raise UsageError(f"data.{name} must be at least 1, got {getattr(sweep.data, name)}")
-    if sweep.data.workers < 0:
-        raise UsageError(f"data.workers must be >= 0, got {sweep.data.workers}")
-    if sweep.optim.lr <= 0:
-        raise UsageError(f"optim.lr must be positive, got {sweep.optim.lr}")
+    o = sweep.optim
+    for where, value, ok, valid in (
+            ("epochs", sweep.epochs, 1 <= sweep.epochs <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
+            ("rampup_epochs", sweep.rampup_epochs, 0 <= sweep.rampup_epochs <= MAX_EPOCHS, "from 0 to the epochs"),
+            ("data.batch_size", sweep.data.batch_size, sweep.data.batch_size >= 1, "at least 1"),
+            ("data.eval_batch_size", sweep.data.eval_batch_size, sweep.data.eval_batch_size >= 1, "at least 1"),
+            ("data.workers", sweep.data.workers, sweep.data.workers >= 0, "0 or more"),
+            ("optim.lr", o.lr, o.lr > 0, "a positive number"),
+            ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "from 0 to below 1"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "0 or more"),
+            ("optim.gamma", o.gamma, 0 < o.gamma <= 1, "above 0, at most 1"),
+            ("optim.milestones", o.milestones, all(m >= 0 for m in o.milestones), "epochs, 0 or more")):
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):  # NaN fails every comparison too
+            raise UsageError(f"{where} must be {valid}, got {value}")
     check_compute(sweep.compute)
     for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too
-        resolve_options(m, overrides)
+        check_finite(resolve_options(m, overrides), m)
+        if m not in sweep.methods:
+            print(f"warning: options for {m} are set, but {m} is not in this sweep's methods "
+                  f"({', '.join(sweep.methods)}); they are ignored", file=sys.stderr)
     return {m: options_dict(resolve_options(m, sweep.options.get(m))) for m in sweep.methods}
+
+
+MAX_EPOCHS = 100_000
+
+
+def check_finite(opts: Any, method: str) -> None:
+    """Every number among a method's options is finite (NaN and infinity pass no range check of their own)."""
+    import dataclasses
+
+    for f in dataclasses.fields(opts):
+        value = getattr(opts, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{method}.{f.name} must be a finite number, got {value}")
+
+
+def check_builds(specs: list[RunSpec]) -> None:
+    """Build every distinct (method, options, backbone, dataset) of the runs about to start, on the CPU, and push
+    a tiny batch through one training forward: every constructor check (branch points, peer counts, ...) and
+    every backbone that cannot run on the dataset's images fails here, before any run starts."""
+    import torch
+
+    from backbones import create_backbone
+    from bench.data import DATASETS
+    from methods import build_method
+    from methods.base import Progress
+
+    seen = set()
+    state = torch.get_rng_state()
+    try:
+        for spec in specs:
+            c = spec.config
+            key = (c.method, repr(sorted(c.options.items())), c.backbone, c.dataset)
+            if key in seen:
+                continue
+            seen.add(key)
+            data = DATASETS.get(c.dataset)
+            try:
+                method = build_method(c.method, lambda c=c, data=data: create_backbone(
+                    c.backbone, data.num_classes, img_size=data.image_size), data.num_classes, c.options)
+            except UsageError as err:
+                raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
+            views = [torch.zeros(2, 3, data.image_size, data.image_size) for _ in range(method.views)]
+            try:
+                with torch.no_grad():
+                    method.train().losses(views, torch.zeros(2, dtype=torch.long), Progress(0.0, 0, c.rampup_epochs))
+            except (RuntimeError, ValueError, AssertionError) as err:
+                raise UsageError(f"{c.method} with {c.backbone} cannot train on {c.dataset} "
+                                 f"({data.image_size}x{data.image_size} images): {str(err).splitlines()[0]}"
+                                 ) from None
+    finally:
+        torch.set_rng_state(state)
 
 
 def check_compute(compute) -> None:
@@ -72,6 +135,13 @@ def check_compute(compute) -> None:
     autocast_dtype(compute.amp, torch.device("cpu"))
     optimizer_impl(compute.optimizer_impl, torch.device("cpu"))
     parse_device(compute.device, "compute.device")
+
+
+def check_device_here(compute) -> None:
+    """For runs on this machine: the device exists here (CUDA asked for where there is none fails now)."""
+    from bench.train import resolve_device
+
+    resolve_device(compute.device)
 
 
 def check_data(sweep: SweepConfig) -> None:

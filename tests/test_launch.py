@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import runs
+from bench import records, runs
 from bench.cli import main
 from bench.status import run_states
 from tests.slurm_helpers import require_slurm
@@ -80,7 +80,7 @@ def test_a_run_that_is_still_running_is_never_started_twice(tmp_path, capsys):
         assert not (folder / runs.SUMMARY).exists()
         assert [r["state"] for r in run_states(out)] == ["running"]
         other = subprocess.run(  # another process cannot take the lock
-            [sys.executable, "-c", f"from bench import runs; runs.RunLock({str(folder)!r}).__enter__()"],
+            [sys.executable, "-c", f"from bench import records, runs; runs.RunLock({str(folder)!r}).__enter__()"],
             capture_output=True, text=True, cwd=ROOT)
         assert other.returncode != 0 and "AlreadyRunning" in other.stderr
     assert runs.lock_holder(folder) is None
@@ -124,7 +124,7 @@ def test_slurm_requeue_resumes_to_the_uninterrupted_result(tmp_path):
     assert bench("run", *common, "--out", str(cut), "--no-wait").returncode == 0
     assert bench("run", *common, "--out", str(ref), "--no-wait").returncode == 0
     folder = runs.run_dir(cut, "digits", "cifar_resnet8", "vanilla", 0)
-    wait_for(lambda: len(runs.read_jsonl(folder / runs.METRICS)) >= 3, 240, "three epochs before the requeue")
+    wait_for(lambda: len(records.load_metrics(folder)) >= 3, 240, "three epochs before the requeue")
     job_id = json.loads((folder / "job.json").read_text())["job_id"]
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     wait_for(lambda: runs.run_status(folder) == "done", 300, "the requeued run to finish", every=1)
@@ -132,7 +132,7 @@ def test_slurm_requeue_resumes_to_the_uninterrupted_result(tmp_path):
     wait_for(lambda: runs.run_status(ref_folder) == "done", 300, "the reference run", every=1)
     resumed, reference = (json.loads((f / runs.SUMMARY).read_text()) for f in (folder, ref_folder))
     assert resumed["resumes"] and resumed["resumes"][0]["epoch"] >= 3  # it really was cut and resumed
-    assert [r["epoch"] for r in runs.read_jsonl(folder / runs.METRICS)] == list(range(1, 41))
+    assert [r["epoch"] for r in records.load_metrics(folder)] == list(range(1, 41))
     assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
 
 
@@ -171,5 +171,5 @@ def test_two_process_distributed_run_with_gloo(tmp_path):
     summary = next(iter(summaries(out).values()))
     assert summary["status"] == "done" and summary["world_size"] == 2 and summary["ranks_in_sync"] is True
     folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
-    assert [r["epoch"] for r in runs.read_jsonl(folder / runs.METRICS)] == [1, 2]  # written by rank 0 only
+    assert [r["epoch"] for r in records.load_metrics(folder)] == [1, 2]  # written by rank 0 only
     assert summary["final"]["mean_teacher0"]["top1_error"] < 60.0

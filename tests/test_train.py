@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from bench import runs
+from bench import records, runs
 from bench.config import SweepConfig, from_dict, load_preset, run_config
 from bench.train import Trainer, train_run
 
@@ -94,10 +94,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     trainer.train_epoch = stop_in_third_epoch
     with pytest.raises(Interrupt):
         trainer.run()
-    assert len(runs.read_jsonl(tmp_path / "cut" / runs.METRICS)) == 2
+    assert len(records.load_metrics(tmp_path / "cut")) == 2
     resumed = train_run(config("pcl", epochs=3), tmp_path / "cut", progress_bar=False)
     assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
-    epochs = [r["epoch"] for r in runs.read_jsonl(tmp_path / "cut" / runs.METRICS)]
+    epochs = [r["epoch"] for r in records.load_metrics(tmp_path / "cut")]
     assert epochs == [1, 2, 3]
 
 

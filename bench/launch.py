@@ -296,6 +296,8 @@ def _print_result(i: int, n: int, spec: RunSpec, seconds: float, result: Any = N
         summary = load_summary(spec.folder) or {}
     except Malformed as err:
         summary = {"status": "failed", "error": str(err)}
+    if not summary and isinstance(result, BaseException):  # no summary could be written (e.g. a full disk)
+        summary = {"status": "failed", "error": str(result).strip()}
     status = summary.get("status", "failed")
     if status == "done":
         head = summary["headline_model"]
@@ -312,15 +314,16 @@ def launch_inline(todo: list[RunSpec], opts: LaunchOptions) -> int:
     failed = 0
     for i, spec in enumerate(todo, 1):
         t0 = time.perf_counter()
+        result: Any = None
         try:
             execute_run(spec, progress_bar=opts.progress_bar)
-        except runs.AlreadyRunning as err:
-            print(f"[{i}/{len(todo)}] {spec.label}: skipped, {err}", file=sys.stderr)
-            continue
-        except Exception:  # recorded in the run's summary; the sweep goes on
+        except runs.AlreadyRunning as busy:
+            result = {"status": ALREADY_RUNNING, "holder": busy.holder}
+        except Exception as err:  # recorded in the run's summary where it could be written; the sweep goes on
+            result = err
             if os.environ.get("OKD_BENCH_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
-        failed += _print_result(i, len(todo), spec, time.perf_counter() - t0)
+        failed += _print_result(i, len(todo), spec, time.perf_counter() - t0, result)
     return failed
 
 
@@ -353,10 +356,11 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
 
 
 def _job_result(job) -> Any:
+    """What the job returned, or the exception it ended with (its run's failure is also in its summary)."""
     try:
         return job.result()
-    except Exception:  # the run's own failure is in its summary
-        return None
+    except Exception as err:
+        return err
 
 
 def restore_holder(out: Path, spec: RunSpec, result: dict) -> None:
@@ -400,6 +404,8 @@ def report(out: Path) -> None:
     from bench.aggregate import TableSpec, load_runs, render, write_tables
     from bench.plots import write_plots
 
+    for folder in (out, out / "tables", out / "plots"):  # temp files of writers killed mid-write
+        runs.remove_stale_temp_files(folder, older_than_s=STALE_TEMP_S)
     collection = load_runs([out])
     if collection.models.empty:
         return

@@ -22,15 +22,17 @@ def method_colour(method: str) -> tuple:
 
 
 def _save(fig, folder: Path, stem: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    from bench import runs
+
     paths = []
-    for suffix in ("png", "pdf"):
-        path = folder / f"{stem}.{suffix}"
-        tmp = folder / f".{stem}.tmp.{suffix}"
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        tmp.replace(path)
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for suffix in ("png", "pdf"):
+            path = folder / f"{stem}.{suffix}"
+            runs.atomic_write(path, lambda f, suffix=suffix: fig.savefig(f, format=suffix, dpi=150,
+                                                                          bbox_inches="tight"), binary=True)
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths
 
 

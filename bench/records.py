@@ -70,14 +70,14 @@ def _check(path: Path, ok: bool, problem: str) -> None:
         raise Malformed(path, problem)
 
 
-def _errors_by_model(path: Path, value: Any, where: str, allow_missing: bool = False) -> None:
+def _errors_by_model(path: Path, value: Any, where: str) -> None:
     """{eval model: {"top1_error": finite number in [0, 100], ...}}."""
     _check(path, isinstance(value, dict), f"'{where}' should map eval models to errors, got {type(value).__name__}")
     for model, errs in value.items():
         _check(path, isinstance(errs, dict), f"'{where}.{model}' should be a mapping, got {type(errs).__name__}")
         for key in ("top1_error", "top5_error"):
             err = errs.get(key)
-            if err is None and (allow_missing or key == "top5_error"):
+            if err is None and key == "top5_error":
                 continue
             _check(path, _is_number(err), f"'{where}.{model}.{key}' should be a number, got {err!r}")
             _check(path, math.isfinite(err) and 0 <= err <= 100, f"'{where}.{model}.{key}' is {err!r}, not a "
@@ -147,7 +147,12 @@ def load_metrics(folder: Path) -> list[dict]:
             raise Malformed(path, f"line {i} is not valid JSON") from None
         _check(path, isinstance(rec, dict), f"line {i} should be a JSON object")
         _check(path, _is_int(rec.get("epoch")), f"line {i}: 'epoch' should be an integer, got {rec.get('epoch')!r}")
-        _errors_by_model(path, rec.get("top1_error", {}), f"line {i} top1_error", allow_missing=True)
+        for key in ("top1_error", "top5_error"):
+            errs = rec.get(key, {})
+            _check(path, isinstance(errs, dict), f"line {i}: '{key}' should map eval models to errors")
+            for model, err in errs.items():
+                _check(path, _is_number(err) and math.isfinite(err) and 0 <= err <= 100,
+                       f"line {i}: {key} of {model} is {err!r}, not a percentage")
         for key in ("epoch_s", "images_per_s"):
             _optional(path, rec, key, _is_number, "a number")
         records.append(rec)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -40,13 +42,39 @@ def run_dir(out: Path, dataset: str, backbone: str, method: str, seed: int) -> P
 _SLOW_WRITE_S = float(os.environ.get("OKD_BENCH_SLOW_WRITE_S", "0") or 0)
 
 
+class StorageError(UsageError):
+    """A write that the file system refused (no space, no permission, read-only): names the path."""
+
+
+def storage_error(err: BaseException, path: Path) -> StorageError | None:
+    """The StorageError an exception from writing `path` amounts to, or None when it is something else. Some
+    writers (torch.save's zip writer) report a full disk in their own words, so the free space is asked too."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (not isinstance(err, OSError) and _nearly_full(path.parent)):
+        return StorageError(f"no space left on {path.parent} (writing {path.name})")
+    if code in (errno.EACCES, errno.EPERM):
+        return StorageError(f"permission denied writing {path}")
+    if code == errno.EROFS:
+        return StorageError(f"read-only file system: cannot write {path}")
+    return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write through a temp file in the same folder, fsync, then rename over `path`: a reader sees the
-    old file or the new one, never a partial one, whenever the writer is killed."""
+    old file or the new one, never a partial one, whenever the writer is killed. A refused write (disk full,
+    permissions) raises StorageError naming the path, and leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             write(f)
             f.flush()
@@ -54,8 +82,12 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
                 time.sleep(_SLOW_WRITE_S)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        named = storage_error(err, path) if isinstance(err, Exception) else None
+        if named is not None:
+            raise named from None
         raise
 
 

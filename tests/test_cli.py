@@ -51,9 +51,21 @@ BAD_INPUT = [
     (["--preset", "demoo"], "did you mean 'demo'"),
     (["--seeds", "0,,1"], "empty items"),
     (["--seeds", "-1"], "not a non-negative integer"),
-    (["--epochs", "0"], "epochs must be at least 1"),
-    (["--epochs", "-3"], "epochs must be at least 1"),
+    (["--epochs", "0"], "epochs must be an integer from 1 to 100000"),
+    (["--epochs", "-3"], "epochs must be an integer from 1 to 100000"),
     (["--epochs", "two"], "invalid int value"),
+    (["--epochs", "1e20"], "invalid int value"),
+    (["--epochs", "100000000000000000000"], "epochs must be an integer from 1 to 100000"),
+    (["--methods", ""], "--methods is empty"),
+    (["--datasets", ""], "--datasets is empty"),
+    (["--out", ""], "--out is empty"),
+    (["--device", ""], "--device is empty"),
+    (["--config", ""], "--config is empty"),
+    (["--methods", "pcl", "pcl.branch_point=nosuch"], "valid split points are"),
+    (["--methods", "pcl", "pcl.num_peers=0"], "pcl needs num_peers >= 2"),
+    (["--methods", "one", "one.num_branches=-2"], "one needs num_branches >= 2"),
+    (["optim.momentum=-0.9"], "optim.momentum must be from 0 to below 1"),
+    (["optim.lr=.nan"], "optim.lr must be a positive number"),
     (["optim.lrr=0.1"], "did you mean 'lr'"),
     (["pcl.num_peer=2"], "did you mean 'num_peers'"),
     (["optim.lr=fast"], "expected a number"),
@@ -62,13 +74,27 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_is_one_line_and_touches_nothing(args, message, tmp_path, capsys):
+def test_bad_input_is_one_line_and_touches_nothing(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty --out must not fall back to results/demo here either
     out = tmp_path / "out"
     code = main(["run", "--out", str(out), "--no-progress", *args])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and message in err and "Traceback" not in err
-    assert not out.exists()
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_options_for_a_method_outside_the_sweep_are_named(tmp_path, capsys):
+    assert main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",
+                 "0", "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(tmp_path / "o"),
+                 "pcl.temperature=4"]) == 0
+    assert "options for pcl are set, but pcl is not in this sweep's methods (vanilla)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert main(["run", "--device", "cuda", "--datasets", "digits", "--out", str(tmp_path / "o")]) == 2
+    assert "CUDA is not available here" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_bad_yaml_config_names_the_line(tmp_path, capsys):

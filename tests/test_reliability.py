@@ -188,3 +188,188 @@ def test_checkpoints_are_loaded_with_weights_only(tmp_path):
     trainer = Trainer(cfg, folder, progress_bar=False)
     summary = trainer.run()  # the unreadable checkpoint is ignored, training starts over
     assert summary["status"] == "done" and not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the run lock: atomic
+
+
+def _race_for(folder: str, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=30)
+        with runs.RunLock(Path(folder)):
+            results.put("trained")
+            time.sleep(0.4)  # "training": the other process arrives while this one holds the run
+    except runs.AlreadyRunning:
+        results.put("refused")
+
+
+def test_two_processes_racing_for_one_run_never_both_train_it(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(50):
+        folder = tmp_path / f"run{trial}"
+        folder.mkdir()
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_race_for, args=(str(folder), barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        outcomes = sorted(results.get(timeout=5) for _ in procs)
+        assert outcomes == ["refused", "trained"], (trial, outcomes)
+        assert not (folder / runs.LOCK).exists()  # released with its holder
+
+
+def test_two_bench_runs_on_one_folder_train_each_run_once(tmp_path):
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "bench.cli", "run", "--methods", "vanilla", "--datasets", "digits", "--backbones",
+            "cifar_resnet8", "--seeds", "0", "--epochs", "3", "--launcher", "inline", "--no-progress", "--out",
+            str(out)]
+    env = {**os.environ, "OKD_BENCH_SLOW_WRITE_S": "0.3"}
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    folder = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", 0)
+    started = time.time()
+    while runs.lock_holder(folder) is None:
+        assert time.time() - started < 120 and first.poll() is None, "the first run never started"
+        time.sleep(0.05)
+    second = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "1 running: skipped" in second.stdout or "skipped, already running elsewhere" in second.stderr
+    assert "failed" not in second.stdout + second.stderr
+    assert first.wait(timeout=300) == 0
+    summary = json.loads((folder / runs.SUMMARY).read_text())
+    assert summary["status"] == "done" and summary["resumes"] == []  # trained once, never restarted
+    assert [r["epoch"] for r in records.load_metrics(folder)] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# cancel signals only its own processes
+
+
+def test_cancel_never_signals_a_process_that_reuses_a_recorded_pid(tmp_path, capsys):
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        identity = runs.process_identity(stranger.pid)
+        out = tmp_path / "sweep"
+        out.mkdir()
+        reused = {**identity, "start_ticks": identity["start_ticks"] - 1}  # the pid, but another process
+        (out / "sweep.json").write_text(json.dumps({"launcher": "local", "launcher_pid": stranger.pid,
+                                                    "launcher_process": reused, "runs": {}}))
+        assert main(["cancel", str(out)]) == 0
+        time.sleep(0.3)
+        assert stranger.poll() is None, "a process that merely has the recorded pid was signalled"
+        (out / "sweep.json").write_text(json.dumps({"launcher": "local", "launcher_process": identity, "runs": {}}))
+        assert main(["cancel", str(out)]) == 0
+        assert stranger.wait(timeout=10) is not None  # the very process recorded is stopped
+        assert "stopped 1 local processes" in capsys.readouterr().out
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_finished_sweep_leaves_no_launcher_to_signal(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",
+                 "0", "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(out)]) == 0
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["launcher_process"] is None and "launcher_pid" not in manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints whose pickle is valid but whose contents are wrong
+
+
+def _demo_config(epochs: int):
+    from bench.config import SweepConfig, from_dict, load_preset, run_config
+
+    sweep = from_dict(SweepConfig, load_preset("demo"))
+    sweep.epochs = epochs
+    return run_config(sweep, "vanilla", "cifar_resnet8", "digits", 0, {})
+
+
+@pytest.mark.parametrize("damage", ["missing_key", "epoch_beyond_the_run", "history_short", "method_not_a_dict"])
+def test_a_checkpoint_with_wrong_contents_is_kept_aside_and_the_run_starts_over(damage, tmp_path, capsys):
+    from bench.train import Trainer, train_run
+
+    reference = train_run(_demo_config(2), tmp_path / "ref", progress_bar=False)
+    state = torch.load(tmp_path / "ref" / runs.CHECKPOINT, weights_only=True)
+    if damage == "missing_key":
+        del state["rng"]
+    elif damage == "epoch_beyond_the_run":
+        state["epoch"] = 5
+    elif damage == "history_short":
+        state["history"] = state["history"][:1]
+    else:
+        state["method"] = [1, 2]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(state, folder / runs.CHECKPOINT)
+    summary = Trainer(_demo_config(2), folder, progress_bar=False).run()
+    assert summary["status"] == "done" and summary["epochs_done"] == 2 and summary["resumes"] == []
+    assert summary["final"] == reference["final"]  # trained from scratch, exactly as an untouched run
+    assert "the run starts over" in capsys.readouterr().err
+    assert len(list(folder.glob("last.pt.rejected-*"))) == 1  # the bad file is kept, not destroyed
+
+
+# ---------------------------------------------------------------------------------------------
+# rough edges: SIGTERM, stale temp files, a full disk
+
+
+def test_sigterm_ends_a_run_with_a_message_and_it_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "bench.cli", "run", "--methods", "vanilla", "--datasets", "digits", "--backbones",
+            "cifar_resnet8", "--seeds", "0", "--epochs", "3", "--launcher", "inline", "--no-progress", "--out",
+            str(out)]
+    env = {**os.environ, "OKD_BENCH_SLOW_WRITE_S": "0.5"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    folder = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", 0)
+    started = time.time()
+    while not (folder / runs.METRICS).exists() or not records.load_metrics(folder):
+        assert time.time() - started < 120 and proc.poll() is None, "no epoch finished"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert not (folder / runs.LOCK).exists() and not list(folder.glob(".*.tmp"))
+    assert main(args[3:]) == 0
+    assert json.loads((folder / runs.SUMMARY).read_text())["resumes"][0]["epoch"] >= 1
+
+
+def test_stale_temp_files_of_the_sweep_and_its_tables_are_cleaned(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
+            "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    stale = [out / ".sweep.json.abc123.tmp", out / "tables" / ".results.md.x1.tmp", out / "plots" / ".final.tmp.png"]
+    fresh = out / ".sweep.json.fresh.tmp"  # a concurrent writer's, seconds old: left alone
+    for path in [*stale, fresh]:
+        path.write_text("half-written")
+    for path in stale:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert main(args) == 0
+    assert not any(p.exists() for p in stale) and fresh.exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_named_with_its_path_and_corrupts_nothing(tiny_disk, capsys):
+    out = tiny_disk / "sweep"
+    code = main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",
+                 "0", "--epochs", "2", "--launcher", "inline", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"no space left on {runs.run_dir(out, 'digits', 'cifar_resnet8', 'vanilla', 0)}" in err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    assert not list(tiny_disk.rglob("*.tmp"))  # no half-written file left behind
+    for path in tiny_disk.rglob("*.json"):
+        json.loads(path.read_text())  # whatever was written is whole

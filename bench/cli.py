@@ -238,8 +238,16 @@ def cmd_speed(args: argparse.Namespace) -> int:
         from bench.export import check_output
 
         check_output(args.csv, None, "--csv")
+    pack = None
+    if args.pack is not None:
+        pack = []
+        for item in parse_names(args.pack, "pack"):
+            if not item.isdigit() or int(item) < 1:
+                raise UsageError(f"--pack '{args.pack}': '{item}' is not a positive integer (e.g. --pack 1,2,4)")
+            pack.append(int(item))
     return run_speed(methods, names, args.device, args.batch_size, args.amp, not args.no_channels_last,
-                     args.csv, args.rounds, args.steps, args.workers, args.optimizer)
+                     args.csv, args.rounds, args.steps, args.workers, args.optimizer, args.cuda_graphs, pack,
+                     args.paper_table)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -302,6 +310,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds per method")
     p.add_argument("--steps", type=int, default=4, help="training steps per path per round")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
+    p.add_argument("--cuda-graphs", default="auto", help="harness step as CUDA graphs: auto (on with CUDA), on, off")
+    p.add_argument("--pack", help="also measure K runs packed on the device, aggregate images/s (default on CUDA: "
+                                  "1,2,4)")
+    p.add_argument("--paper-table", action="store_true",
+                   help="also estimate the GPU-hours of the PCL paper's CIFAR-100 table from measured rates")
     p.add_argument("--csv", type=Path, help="write the results as CSV")
     p.set_defaults(func=cmd_speed)
 

@@ -49,6 +49,7 @@ class ComputeConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the training step's module
     optimizer_impl: str = "auto"  # auto (fused on CUDA, foreach elsewhere), fused, foreach, loop
+    cuda_graphs: str = "auto"  # auto (on for single-process CUDA runs without compile), on, off
 
 
 @dataclass

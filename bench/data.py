@@ -126,9 +126,11 @@ _register(DatasetSpec("imagenet", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, pad=0,
 # device-resident loader for tensor datasets
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator whose stream depends only on (seed, epoch): exact replay after a resume."""
-    gen = torch.Generator(device=device)
+def epoch_generator(seed: int, epoch: int, device: torch.device | None = None) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, epoch): exact replay after a resume, and the same
+    permutation, crops and flips whatever device the batches are made on (draws are moved there, a few bytes
+    per image). `device` is accepted for compatibility and ignored."""
+    gen = torch.Generator()
     gen.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**63))
     return gen
 
@@ -141,12 +143,13 @@ def crop_flip_nhwc(padded: Tensor, index: Tensor, size: tuple[int, int], pad: in
     b, (h, w) = len(index), size
     dev = padded.device
     hp, wp, c = padded.shape[1:]
-    off_y = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=gen)
-    off_x = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=gen)
+    draw = gen.device
+    off_y = torch.randint(0, 2 * pad + 1, (b,), device=draw, generator=gen).to(dev, non_blocking=True)
+    off_x = torch.randint(0, 2 * pad + 1, (b,), device=draw, generator=gen).to(dev, non_blocking=True)
     rows = off_y[:, None] + torch.arange(h, device=dev)
     cols = off_x[:, None] + torch.arange(w, device=dev)
     if flip:
-        flipped = torch.rand(b, device=dev, generator=gen) < 0.5
+        flipped = (torch.rand(b, device=draw, generator=gen) < 0.5).to(dev, non_blocking=True)
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
     pixel = (index[:, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]  # [B, H, W]
     return padded.view(-1, c).index_select(0, pixel.view(-1)).view(b, h, w, c)
@@ -214,11 +217,11 @@ class TensorTrainLoader:
         return math.ceil(self.num_samples / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[Tensor], Tensor]]:
-        gen = epoch_generator(self.seed, epoch, self.device)
-        order = torch.randperm(len(self.labels), device=self.device, generator=gen)
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(len(self.labels), generator=gen).to(self.device)
         if self.world > 1:
             order = order[self.rank::self.world][: self.num_samples]
-            gen = epoch_generator(self.seed + 104_729 * (self.rank + 1), epoch, self.device)
+            gen = epoch_generator(self.seed + 104_729 * (self.rank + 1), epoch)
         for start in range(0, self.num_samples, self.batch_size):
             idx = order[start:start + self.batch_size]
             many = idx.repeat(self.views) if self.views > 1 else idx

@@ -29,7 +29,8 @@ from methods.base import Progress, build_method
 
 COLUMNS = ["method", "backbone", "device", "batch_size", "harness_img_s", "reference_img_s", "speedup",
            "harness_data_img_s", "reference_data_img_s", "data_speedup", "harness_peak_mb", "reference_peak_mb",
-           "train_gflop_per_img", "harness_tflop_s", "amp", "channels_last", "optimizer_impl"]
+           "train_gflop_per_img", "harness_tflop_s", "amp", "channels_last", "optimizer_impl", "cuda_graphs",
+           "peak_tflop_s"]
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -95,14 +96,18 @@ class TrainPath:
     autocast: Callable
     device: torch.device
     step: int = 0
+    step_fn: Callable | None = None  # (views, target, progress) -> terms; default: the eager optimisation_step
 
     def train_step(self, batches: Iterator) -> None:
-        from bench.train import optimisation_step
+        from bench.compute import optimisation_step
 
         views, target = next(batches)
         views = [v.to(self.device, non_blocking=True) for v in views]
         target = target.to(self.device, non_blocking=True)
-        optimisation_step(self.method, self.optimizer, self.autocast, views, target, Progress(100.0, self.step))
+        if self.step_fn is not None:
+            self.step_fn(views, target, Progress(100.0, self.step))
+        else:
+            optimisation_step(self.method, self.optimizer, self.autocast, views, target, Progress(100.0, self.step))
         self.step += 1
         self.method.after_step(self.step)
 
@@ -170,42 +175,65 @@ def reference_data_rate(loader: torch.utils.data.DataLoader, device: torch.devic
     return statistics.median(rates)
 
 
+def synthetic_cifar(batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random CIFAR-size uint8 images (HWC) and labels of 100 classes: 16 batches' worth."""
+    rng = np.random.default_rng(seed)
+    n = batch_size * 16
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n)
+
+
+def harness_path(method_name: str, backbone: str, device: torch.device, batch_size: int, amp: str,
+                 channels_last: bool, optimizer: str, cuda_graphs: str, seed: int,
+                 data: tuple[np.ndarray, np.ndarray]) -> tuple[TrainPath, Iterator]:
+    """The harness's training path as the trainer builds it (device-resident data, AMP, memory format, SGD
+    implementation, CUDA graphs); returns it and its endless batch iterator."""
+    from backbones import create_backbone
+    from bench.compute import (
+        GraphedStep,
+        autocast_context,
+        autocast_dtype,
+        build_optimizer,
+        optimizer_impl,
+        use_cuda_graphs,
+    )
+    from bench.config import OptimConfig
+
+    amp_dtype = autocast_dtype(amp, device)
+    images, labels = data
+    torch.manual_seed(seed)
+    method = build_method(method_name, lambda: create_backbone(backbone, 100), 100, {}).to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    split = TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
+    loader = TensorTrainLoader(split, DATASETS.get("cifar100"), batch_size, method.views, seed, device, channels_last)
+    batches = _forever(loader.epoch)
+    optim = build_optimizer(_params(method), OptimConfig(), optimizer_impl(optimizer, device))
+
+    def autocast():
+        return autocast_context(device, amp_dtype)
+
+    step_fn = GraphedStep(method, optim, autocast, device) if use_cuda_graphs(cuda_graphs, device) else None
+    return TrainPath("harness", method.train(), optim, lambda: batches, autocast, device, step_fn=step_fn), batches
+
+
 def measure(method_name: str, backbone: str, device: torch.device, batch_size: int = 128, amp: str = "auto",
             channels_last: bool = True, optimizer: str = "auto", rounds: int = 3, steps: int = 4, warmup: int = 2,
-            workers: int = 2, seed: int = 0, data_batches: int = 24) -> dict:
+            workers: int = 2, seed: int = 0, data_batches: int = 24, cuda_graphs: str = "auto") -> dict:
     from backbones import create_backbone
+    from bench.compute import amp_name, autocast_dtype, optimizer_impl
     from bench.config import OptimConfig
-    from bench.train import amp_name, autocast_context, autocast_dtype, build_optimizer, optimizer_impl
 
     amp_dtype = autocast_dtype(amp, device)
     optim, impl = OptimConfig(), optimizer_impl(optimizer, device)
-    rng = np.random.default_rng(seed)
-    n = batch_size * 16
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 100, n)
-    spec = DATASETS.get("cifar100")
-
-    def factory():
-        return create_backbone(backbone, 100)
-
-    torch.manual_seed(seed)
-    harness_method = build_method(method_name, factory, 100, {}).to(
-        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    images, labels = synthetic_cifar(batch_size, seed)
+    harness, harness_batches = harness_path(method_name, backbone, device, batch_size, amp, channels_last, optimizer,
+                                            cuda_graphs, seed, (images, labels))
+    harness_method, harness_autocast = harness.method, harness.autocast
     torch.manual_seed(seed)
     ref_opts = {"batch_views": "off"} if method_name == "pcl" else {}
-    reference_method = build_method(method_name, factory, 100, ref_opts).to(device)
-    views = harness_method.views
-    split = TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
-    harness_loader = TensorTrainLoader(split, spec, batch_size, views, seed, device, channels_last)
-    harness_batches = _forever(harness_loader.epoch)
-    ref_loader = reference_loader(images, labels, views, batch_size, workers, steps, seed)
-
-    def harness_autocast():
-        return autocast_context(device, amp_dtype)
-
+    reference_method = build_method(method_name, lambda: create_backbone(backbone, 100), 100, ref_opts).to(device)
+    ref_loader = reference_loader(images, labels, harness_method.views, batch_size, workers, steps, seed)
     paths = [
-        TrainPath("harness", harness_method.train(), build_optimizer(_params(harness_method), optim, impl),
-                  lambda: harness_batches, harness_autocast, device),
+        harness,
         TrainPath("reference", reference_method.train(), torch.optim.SGD(  # torch's default implementation
                       _params(reference_method), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
                       weight_decay=optim.weight_decay),
@@ -239,14 +267,94 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         "harness_peak_mb": peak["harness"], "reference_peak_mb": peak["reference"],
         "train_gflop_per_img": flops / 1e9, "harness_tflop_s": flops * img_s["harness"] / 1e12,
         "amp": amp_name(amp_dtype), "channels_last": channels_last,
-        "optimizer_impl": impl,
+        "optimizer_impl": impl, "cuda_graphs": harness.step_fn is not None,
+        "peak_tflop_s": peak_tflops(device, amp_dtype),
     }
+
+
+# dense tensor-core peaks (TFLOP/s) from the vendors' data sheets: bf16, and fp32 inputs run as TF32 by cuDNN
+PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 494.0}, "H200": {"bf16": 989.0, "fp32": 494.0},
+               "A100": {"bf16": 312.0, "fp32": 156.0}, "L40S": {"bf16": 362.0, "fp32": 183.0}}
+
+
+def peak_tflops(device: torch.device, amp_dtype) -> float | None:
+    """The device's dense peak for the step's precision, where its name is in PEAK_TFLOPS."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in name:
+            return peaks["bf16" if amp_dtype is not None else "fp32"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# several runs packed on one device
+
+
+def _packed_worker(index: int, args: tuple, barrier, results) -> None:
+    """One of K processes training the same method side by side on one device: warm up, meet the others at the
+    barrier, then time `steps` steps; reports its (start, end) wall-clock times."""
+    method_name, backbone, device_name, batch_size, amp, channels_last, optimizer, cuda_graphs, steps = args
+    device = torch.device(device_name)
+    torch.set_num_threads(1)
+    path, _ = harness_path(method_name, backbone, device, batch_size, amp, channels_last, optimizer, cuda_graphs,
+                           index, synthetic_cifar(batch_size, index))
+    path.train_round(max(4, steps // 2))  # warm-up (and CUDA graph capture)
+    barrier.wait(timeout=600)
+    start = time.time()
+    path.train_round(steps)
+    results.put((start, time.time()))
+
+
+def measure_packed(method_name: str, backbone: str, device: torch.device, k: int, batch_size: int = 128,
+                   amp: str = "auto", channels_last: bool = True, optimizer: str = "auto", cuda_graphs: str = "auto",
+                   steps: int = 40) -> float:
+    """Aggregate images/s of `k` processes training at once on `device` (what --runs-per-device K buys)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(k), ctx.Queue()
+    args = (method_name, backbone, str(device), batch_size, amp, channels_last, optimizer, cuda_graphs, steps)
+    procs = [ctx.Process(target=_packed_worker, args=(i, args, barrier, results)) for i in range(k)]
+    for p in procs:
+        p.start()
+    times = [results.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    wall = max(end for _, end in times) - min(start for start, _ in times)
+    return k * steps * batch_size / wall
+
+
+# the PCL paper's CIFAR-100 table: 5 backbones x 8 methods x 3 seeds x 300 epochs of 50,000 images
+PAPER_TABLE = {"backbones": ["cifar_resnet32", "cifar_resnet110", "cifar_vgg16", "cifar_densenet40_12",
+                             "cifar_wrn_20_8"],
+               "methods": ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"],
+               "seeds": 3, "epochs": 300, "images": 50_000}
+
+
+def paper_table_hours(rates: dict[tuple[str, str], float], packing: float = 1.0) -> float:
+    """GPU-hours of the whole table from measured images/s per (method, backbone) of one run, divided by the
+    aggregate speed-up that packing runs per GPU gives."""
+    t = PAPER_TABLE
+    seconds = sum(t["seeds"] * t["epochs"] * t["images"] / rates[(m, b)] for m in t["methods"] for b in t["backbones"])
+    return seconds / 3600.0 / packing
+
+
+def harness_rate(method_name: str, backbone: str, device: torch.device, batch_size: int, amp: str,
+                 channels_last: bool, optimizer: str, cuda_graphs: str, steps: int = 30) -> float:
+    """Images/s of the harness path alone (one run), after a warm-up round."""
+    path, _ = harness_path(method_name, backbone, device, batch_size, amp, channels_last, optimizer, cuda_graphs, 0,
+                           synthetic_cifar(batch_size, 0))
+    path.train_round(max(4, steps // 3))
+    return steps * batch_size / path.train_round(steps)
 
 
 def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_size: int, amp: str,
               channels_last: bool, csv_path: Path | None, rounds: int, steps: int, workers: int,
-              optimizer: str = "auto") -> int:
-    from bench.train import amp_name, autocast_dtype, optimizer_impl, resolve_device
+              optimizer: str = "auto", cuda_graphs: str = "auto", pack: list[int] | None = None,
+              paper_table: bool = False) -> int:
+    from bench.compute import amp_name, autocast_dtype, optimizer_impl, resolve_device, use_cuda_graphs
 
     device = resolve_device(device_name)
     if batch_size < 2:
@@ -255,30 +363,70 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
         if value < least:
             raise UsageError(f"{flag} must be at least {least}, got {value}")
     amp_dtype, impl = autocast_dtype(amp, device), optimizer_impl(optimizer, device)
+    graphs = use_cuda_graphs(cuda_graphs, device)
+    pack = [k for k in (pack if pack is not None else ([1, 2, 4] if device.type == "cuda" else [])) if k > 1]
     rows = []
     header = (f"{'method':<8} {'backbone':<16} {'harness img/s':>13} {'reference img/s':>15} {'speedup':>7} "
-              f"{'data x':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} {'peak MB (h/r)':>14}")
-    print(f"device: {device} ({torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} "
-          f"steps; harness: amp {amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}")
+              f"{'data x':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} {'% peak':>6} {'peak MB (h/r)':>14}"
+              + "".join(f" {f'K={k} img/s':>11} {'xK=1':>5}" for k in pack))
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
+          f"{torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} steps; harness: amp "
+          f"{amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}, cuda graphs {graphs}")
     print(header)
     for backbone in backbones:
         for method in methods:
             row = measure(method, backbone, device, batch_size, amp, channels_last, optimizer, rounds, steps,
-                          workers=workers)
+                          workers=workers, cuda_graphs=cuda_graphs)
+            for k in pack:
+                row[f"packed{k}_img_s"] = measure_packed(method, backbone, device, k, batch_size, amp, channels_last,
+                                                         optimizer, cuda_graphs)
             rows.append(row)
             mem = ("-" if row["harness_peak_mb"] is None
                    else f"{row['harness_peak_mb']:.0f}/{row['reference_peak_mb']:.0f}")
+            peak = row["peak_tflop_s"]
+            share = "-" if not peak else f"{100 * row['harness_tflop_s'] / peak:.1f}"
             print(f"{method:<8} {backbone:<16} {row['harness_img_s']:>13.0f} {row['reference_img_s']:>15.0f} "
                   f"{row['speedup']:>6.2f}x {row['data_speedup']:>6.1f}x {row['train_gflop_per_img']:>9.3f} "
-                  f"{row['harness_tflop_s']:>8.3f} {mem:>14}", flush=True)
+                  f"{row['harness_tflop_s']:>8.3f} {share:>6} {mem:>14}"
+                  + "".join(f" {row[f'packed{k}_img_s']:>11.0f} {row[f'packed{k}_img_s'] / row['harness_img_s']:>4.2f}x"
+                            for k in pack), flush=True)
+    if paper_table:
+        print_paper_table(device, batch_size, amp, channels_last, optimizer, cuda_graphs, rows, pack)
     if csv_path:
         from bench import runs
 
+        columns = COLUMNS + [f"packed{k}_img_s" for k in pack]
+
         def write(f):
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
         runs.atomic_write(Path(csv_path), write)
         print(f"written to {csv_path}")
     return 0
+
+
+def print_paper_table(device, batch_size, amp, channels_last, optimizer, cuda_graphs, rows, pack) -> None:
+    """Measure one run's images/s for every cell of the PCL paper's CIFAR-100 table and print its GPU-hours,
+    alone and with the best measured packing speed-up (per method, from the rows measured above)."""
+    t = PAPER_TABLE
+    rates = {}
+    print(f"\nPCL paper CIFAR-100 table: {len(t['backbones'])} backbones x {len(t['methods'])} methods x "
+          f"{t['seeds']} seeds x {t['epochs']} epochs (one run's images/s, then hours per run)")
+    for backbone in t["backbones"]:
+        cells = []
+        for method in t["methods"]:
+            rates[(method, backbone)] = harness_rate(method, backbone, device, batch_size, amp, channels_last,
+                                                     optimizer, cuda_graphs)
+            hours = t["epochs"] * t["images"] / rates[(method, backbone)] / 3600
+            cells.append(f"{method} {rates[(method, backbone)]:.0f} ({hours:.2f} h)")
+        print(f"  {backbone:<20} " + ", ".join(cells), flush=True)
+    alone = paper_table_hours(rates)
+    print(f"whole table, one run per GPU: {alone:.1f} GPU-hours")
+    gains = [row[f"packed{k}_img_s"] / row["harness_img_s"] for row in rows for k in pack]
+    if gains:
+        factor = statistics.median([max(row[f"packed{k}_img_s"] for k in pack) / row["harness_img_s"]
+                                    for row in rows])
+        print(f"with runs packed per GPU (median best speed-up {factor:.2f}x over the methods measured above): "
+              f"{alone / factor:.1f} GPU-hours")

@@ -130,16 +130,19 @@ def check_compute(compute) -> None:
     them for the CPU checks the names; whether the device is present is for the machine that runs)."""
     import torch
 
-    from bench.train import autocast_dtype, optimizer_impl, parse_device
+    from bench.compute import CUDA_GRAPHS, autocast_dtype, optimizer_impl, parse_device
+    from bench.errors import unknown
 
     autocast_dtype(compute.amp, torch.device("cpu"))
     optimizer_impl(compute.optimizer_impl, torch.device("cpu"))
     parse_device(compute.device, "compute.device")
+    if compute.cuda_graphs not in CUDA_GRAPHS:
+        raise unknown("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)
 
 
 def check_device_here(compute) -> None:
     """For runs on this machine: the device exists here (CUDA asked for where there is none fails now)."""
-    from bench.train import resolve_device
+    from bench.compute import resolve_device
 
     resolve_device(compute.device)
 

@@ -9,8 +9,8 @@ states are restored, so a resumed run reproduces the uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import random
@@ -23,12 +23,23 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import Tensor
 
 from bench import records, runs
-from bench.config import OptimConfig, RunConfig, parse_yaml, to_dict
+from bench.compute import (
+    GraphedStep,
+    amp_name,
+    autocast_context,
+    autocast_dtype,
+    build_optimizer,
+    device_name,
+    optimisation_step,
+    optimizer_impl,
+    resolve_device,
+    use_cuda_graphs,
+)
+from bench.config import RunConfig, parse_yaml, to_dict
 from bench.distributed import world
-from bench.errors import UsageError, unknown
+from bench.errors import UsageError
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
@@ -40,75 +51,6 @@ class Diverged(Exception):
     def __init__(self, epoch: int, step: int, terms: list[str]) -> None:
         super().__init__(f"loss diverged at epoch {epoch}, step {step}: non-finite {', '.join(terms)}")
         self.epoch, self.step, self.terms = epoch, step, terms
-
-
-def parse_device(name: str, kind: str = "device") -> torch.device | None:
-    """The torch device `name` spells (None for auto), or one clear error naming `kind`."""
-    if name == "auto":
-        return None
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown {kind} '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    device = parse_device(name)
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device '{name}' requested but CUDA is not available here (use --device cpu)")
-    return device
-
-
-AMP_CHOICES = ("auto", "bf16", "off")
-OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
-
-
-def amp_name(dtype: torch.dtype | None) -> str:
-    """How a resolved autocast dtype is reported: 'bfloat16', or 'off'."""
-    return str(dtype).replace("torch.", "") if dtype else "off"
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp not in AMP_CHOICES:
-        raise unknown("compute.amp", amp, AMP_CHOICES)
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast to `dtype` on `device`, or a no-op context when `dtype` is None (AMP off)."""
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def optimizer_impl(impl: str, device: torch.device) -> str:
-    """The SGD implementation `compute.optimizer_impl` resolves to: auto is fused on CUDA, foreach elsewhere."""
-    if impl not in OPTIMIZER_IMPLS:
-        raise unknown("compute.optimizer_impl", impl, OPTIMIZER_IMPLS)
-    return ("fused" if device.type == "cuda" else "foreach") if impl == "auto" else impl
-
-
-def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, impl: str) -> torch.optim.SGD:
-    """SGD with the config's momentum, Nesterov and weight decay; `impl` from `optimizer_impl`."""
-    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
-                           nesterov=optim.nesterov and optim.momentum > 0, weight_decay=optim.weight_decay,
-                           **flags)
-
-
-def optimisation_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, views: list[Tensor],
-                      target: Tensor, progress: Progress) -> tuple[dict[str, Tensor], Tensor]:
-    """One step: the method's loss terms (under `autocast()`), their sum, backward, optimizer step. No host
-    synchronisation. Returns the terms and their sum."""
-    with autocast():
-        terms = module(views, target, progress)
-    total = sum(terms.values())
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
-    return terms, total
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
@@ -272,6 +214,11 @@ class Trainer:
         self.optimizer_impl = optimizer_impl(cfg.compute.optimizer_impl, self.device)
         self.optimizer = build_optimizer([p for p in self.method.parameters() if p.requires_grad], cfg.optim,
                                          self.optimizer_impl)
+        self.cuda_graphs = use_cuda_graphs(cfg.compute.cuda_graphs, self.device, self.world, cfg.compute.compile)
+        if self.cuda_graphs:
+            self.step_fn = GraphedStep(self.train_module, self.optimizer, self.autocast, self.device)
+        else:
+            self.step_fn = functools.partial(optimisation_step, self.train_module, self.optimizer, self.autocast)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
 
     def autocast(self):
@@ -320,8 +267,7 @@ class Trainer:
         bad_terms: torch.Tensor | None = None
         for i, (views, target) in enumerate(loader.epoch(epoch)):
             progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs)
-            terms, total = optimisation_step(self.train_module, self.optimizer, self.autocast, views, target,
-                                             progress)
+            terms, total = self.step_fn(views, target, progress)
             finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
             first_bad = (bad_step < 0) & ~finite.all()
             bad_step = torch.where(first_bad, self.step, bad_step)
@@ -442,6 +388,7 @@ class Trainer:
             "amp": amp_name(self.amp_dtype),
             "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile,
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
+            "cuda_graphs": self.cuda_graphs and not getattr(self.step_fn, "failed", None),
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),
@@ -474,12 +421,6 @@ class Trainer:
         gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
         torch.distributed.all_gather(gathered, checksum)
         return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 def train_run(cfg: RunConfig, folder: Path, progress_bar: bool = True) -> dict[str, Any]:

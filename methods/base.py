@@ -26,11 +26,13 @@ class Progress:
     epoch: float
     step: int
     rampup_epochs: float = 80.0
+    weight: Any = None  # w(e) as a device tensor (filled by the trainer) for steps replayed as CUDA graphs
 
     @property
-    def rampup(self) -> float:
-        """The ramp-up weight w(e) of the common protocol."""
-        return sigmoid_rampup(self.epoch, self.rampup_epochs)
+    def rampup(self) -> Any:
+        """The ramp-up weight w(e) of the common protocol: a float, or a 0-dim tensor holding it when the step
+        is a CUDA graph (use it in arithmetic only, never in Python control flow)."""
+        return sigmoid_rampup(self.epoch, self.rampup_epochs) if self.weight is None else self.weight
 
 
 @dataclass

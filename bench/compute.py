@@ -1,0 +1,172 @@
+"""Compute choices of a training step, in one place for the trainer, `bench speed` and the sweep's up-front
+validation: the device, autocast (AMP), the SGD implementation, the step itself, and CUDA graphs of it."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+
+import torch
+from torch import Tensor
+
+from bench.config import OptimConfig
+from bench.errors import UsageError, unknown
+from methods.base import Progress
+
+
+def parse_device(name: str, kind: str = "device") -> torch.device | None:
+    """The torch device `name` spells (None for auto), or one clear error naming `kind`."""
+    if name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown {kind} '{name}' (valid: auto, cpu, cuda, cuda:N, mps)") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' requested but CUDA is not available here (use --device cpu)")
+    return device
+
+
+AMP_CHOICES = ("auto", "bf16", "off")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    """How a resolved autocast dtype is reported: 'bfloat16', or 'off'."""
+    return str(dtype).replace("torch.", "") if dtype else "off"
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp not in AMP_CHOICES:
+        raise unknown("compute.amp", amp, AMP_CHOICES)
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast to `dtype` on `device`, or a no-op context when `dtype` is None (AMP off)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def optimizer_impl(impl: str, device: torch.device) -> str:
+    """The SGD implementation `compute.optimizer_impl` resolves to: auto is fused on CUDA, foreach elsewhere."""
+    if impl not in OPTIMIZER_IMPLS:
+        raise unknown("compute.optimizer_impl", impl, OPTIMIZER_IMPLS)
+    return ("fused" if device.type == "cuda" else "foreach") if impl == "auto" else impl
+
+
+def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, impl: str) -> torch.optim.SGD:
+    """SGD with the config's momentum, Nesterov and weight decay; `impl` from `optimizer_impl`."""
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
+                           nesterov=optim.nesterov and optim.momentum > 0, weight_decay=optim.weight_decay,
+                           **flags)
+
+
+def optimisation_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, views: list[Tensor],
+                      target: Tensor, progress: Progress) -> tuple[dict[str, Tensor], Tensor]:
+    """One step: the method's loss terms (under `autocast()`), their sum, backward, optimizer step. No host
+    synchronisation. Returns the terms and their sum."""
+    with autocast():
+        terms = module(views, target, progress)
+    total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return terms, total
+
+
+CUDA_GRAPHS = ("auto", "on", "off")
+
+
+def use_cuda_graphs(setting: str, device: torch.device, world: int = 1, compiled: bool = False) -> bool:
+    """`compute.cuda_graphs`: auto is on for a single-process CUDA run that is not torch.compile'd."""
+    if setting not in CUDA_GRAPHS:
+        raise unknown("compute.cuda_graphs", setting, CUDA_GRAPHS)
+    if setting == "on" and device.type != "cuda":
+        raise UsageError("compute.cuda_graphs=on needs a CUDA device")
+    return setting == "on" or (setting == "auto" and device.type == "cuda" and world == 1 and not compiled)
+
+
+class GraphedStep:
+    """`optimisation_step` as CUDA graphs: forward, backward and the optimizer step of one batch captured once and
+    replayed for every batch of that shape, which removes the per-kernel launch cost that dominates small
+    networks (a CIFAR ResNet runs hundreds of tiny kernels per step).
+
+    Nothing a step depends on is frozen at capture: the batch is copied into static inputs and the ramp-up weight
+    w(e) is a device tensor filled before each replay (`Progress.weight`). A new batch shape (an epoch's last,
+    smaller batch) or learning rate first runs `warmup` eager steps (real steps, on a side stream as CUDA
+    graphs require) and is then captured; graphs are kept per shape and dropped when the learning rate changes.
+    `after_step` (e.g. PCL's mean teacher) stays eager. Capture failing (a method doing something graphs
+    cannot hold) falls back to eager steps for the rest of the run, with one warning."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, device: torch.device,
+                 warmup: int = 2) -> None:
+        self.module, self.optimizer, self.autocast = module, optimizer, autocast
+        self.device, self.warmup = device, warmup
+        self.weight = torch.zeros((), device=device)
+        self.graphs: dict[tuple, tuple] = {}  # shape key -> (graph, static views, static target, terms, total)
+        self.eager_steps: dict[tuple, int] = {}
+        self.lr: tuple = ()
+        self.failed: str | None = None
+
+    def __call__(self, views: list[Tensor], target: Tensor, progress: Progress) -> tuple[dict[str, Tensor], Tensor]:
+        self.weight.fill_(progress.rampup)
+        graphed = Progress(progress.epoch, progress.step, progress.rampup_epochs, weight=self.weight)
+        if self.failed:
+            return optimisation_step(self.module, self.optimizer, self.autocast, views, target, graphed)
+        lr = tuple(group["lr"] for group in self.optimizer.param_groups)
+        if lr != self.lr:  # the learning rate is baked into a captured optimizer step
+            self.lr, self.graphs, self.eager_steps = lr, {}, {}
+        key = (tuple((tuple(v.shape), v.stride()) for v in views), tuple(target.shape))
+        if key not in self.graphs:
+            done = self.eager_steps.get(key, 0)
+            if done < self.warmup:
+                self.eager_steps[key] = done + 1
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    out = optimisation_step(self.module, self.optimizer, self.autocast, views, target, graphed)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                return out
+            try:
+                self.graphs[key] = self._capture(views, target, graphed)
+            except Exception as err:  # noqa: BLE001  (any capture failure: run eagerly from here on)
+                import warnings
+
+                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                warnings.warn(f"CUDA graph capture failed ({self.failed}); training eagerly", stacklevel=2)
+                torch.cuda.synchronize(self.device)
+                return optimisation_step(self.module, self.optimizer, self.autocast, views, target, graphed)
+        graph, static_views, static_target, terms, total = self.graphs[key]
+        for dst, src in zip(static_views, views):
+            dst.copy_(src)
+        static_target.copy_(target)
+        graph.replay()
+        return terms, total
+
+    def _capture(self, views: list[Tensor], target: Tensor, progress: Progress) -> tuple:
+        static_views = [v.clone() for v in views]  # clone keeps the memory format (channels_last stays so)
+        static_target = target.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's memory
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            with self.autocast():
+                terms = self.module(static_views, static_target, progress)
+            total = sum(terms.values())
+            total.backward()
+            self.optimizer.step()
+        return graph, static_views, static_target, terms, total
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()

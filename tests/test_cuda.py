@@ -1,0 +1,167 @@
+"""Every CUDA path, checked on a GPU in one command: `pytest -m cuda` (skipped where there is no CUDA).
+
+bf16 autocast against fp32 (the references train in fp32), fused SGD against foreach, the device data pipeline
+against the CPU one, batched PCL views against per-view calls, CUDA graphs and torch.compile against eager,
+resume on CUDA against an uninterrupted run, DDP over NCCL (needs two GPUs)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import timm
+import torch
+
+from bench import records, runs
+from bench.config import SweepConfig, from_dict, load_preset, run_config
+from bench.train import Trainer, train_run
+from methods import build_method
+from methods.base import Progress
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+CUDA = torch.device("cuda")
+
+
+def config(method: str = "vanilla", epochs: int = 3, seed: int = 0, **compute):
+    sweep = from_dict(SweepConfig, load_preset("demo"))
+    sweep.epochs = epochs
+    cfg = run_config(sweep, method, "cifar_resnet8", "digits", seed, {})
+    cfg.compute.device = "cuda"
+    for key, value in compute.items():
+        setattr(cfg.compute, key, value)
+    return cfg
+
+
+def losses(folder) -> list[float]:
+    return [r["loss"]["total"] for r in records.load_metrics(folder)]
+
+
+@pytest.fixture(autouse=True)
+def deterministic_kernels():
+    """cuDNN's fastest backward kernels add in a non-fixed order; the exact-equality checks need fixed ones."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.parametrize("method", ["vanilla", "pcl"])
+def test_bf16_autocast_agrees_with_fp32_within_seed_noise(method, tmp_path):
+    """Same data order, 3 seeds each: the mean final error under bf16 is within the seed noise of fp32's."""
+    errors = {}
+    for amp in ("off", "bf16"):
+        errors[amp] = []
+        for seed in (0, 1, 2):
+            summary = train_run(config(method, 10, seed, amp=amp), tmp_path / f"{amp}{seed}", progress_bar=False)
+            assert summary["amp"] == ("off" if amp == "off" else "bfloat16")
+            errors[amp].append(summary["final"][summary["headline_model"]]["top1_error"])
+    noise = max(statistics.stdev(errors["off"]), statistics.stdev(errors["bf16"]), 1.0)
+    gap = abs(statistics.mean(errors["bf16"]) - statistics.mean(errors["off"]))
+    print(f"{method}: fp32 {errors['off']}, bf16 {errors['bf16']}, gap {gap:.2f} (noise {noise:.2f})")
+    assert gap <= 2 * noise, errors
+
+
+def test_fused_sgd_takes_the_foreach_step():
+    from bench.compute import build_optimizer
+    from bench.config import OptimConfig
+
+    torch.manual_seed(0)
+    params = {impl: [torch.nn.Parameter(torch.randn(64, 32, device=CUDA)), torch.nn.Parameter(
+        torch.randn(32, device=CUDA))] for impl in ("fused", "foreach")}
+    params["fused"] = [torch.nn.Parameter(p.detach().clone()) for p in params["foreach"]]
+    optims = {impl: build_optimizer(ps, OptimConfig(), impl) for impl, ps in params.items()}
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in params["foreach"]]
+        for impl, ps in params.items():
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            optims[impl].step()
+    for a, b in zip(params["fused"], params["foreach"]):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_device_data_pipeline_gives_the_cpu_batches():
+    from bench.data import DATASETS, TensorSplit, TensorTrainLoader
+
+    split = TensorSplit(torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), torch.arange(300) % 100)
+    spec = DATASETS.get("cifar100")
+    cpu = TensorTrainLoader(split, spec, 64, 3, seed=7, device=torch.device("cpu"), channels_last=True)
+    gpu = TensorTrainLoader(split, spec, 64, 3, seed=7, device=CUDA, channels_last=True)
+    for (cv, ct), (gv, gt) in zip(cpu.epoch(4), gpu.epoch(4)):
+        assert torch.equal(ct, gt.cpu())
+        for a, b in zip(cv, gv):
+            assert torch.allclose(a, b.cpu(), atol=1e-6)
+
+
+def test_batched_pcl_views_equal_per_view_calls():
+    torch.manual_seed(0)
+    batched = build_method("pcl", lambda: timm.create_model("cifar_resnet32", num_classes=10), 10,
+                           {"batch_views": "on"}).to(CUDA)
+    plain = build_method("pcl", lambda: timm.create_model("cifar_resnet32", num_classes=10), 10,
+                         {"batch_views": "off"}).to(CUDA)
+    plain.load_state_dict(batched.state_dict())
+    views = [torch.randn(32, 3, 32, 32, device=CUDA) for _ in range(3)]
+    target = torch.arange(32, device=CUDA) % 10
+    a = batched.losses(views, target, Progress(40, 0))
+    b = plain.losses(views, target, Progress(40, 0))
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-5), name
+    for (name, x), (_, y) in zip(batched.state_dict().items(), plain.state_dict().items()):
+        assert torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("method", ["vanilla", "one", "okddip", "pcl", "kdcl"])
+def test_cuda_graphs_train_like_eager(method, tmp_path):
+    """The same run with the step replayed as CUDA graphs and eagerly: losses and errors agree (fp32)."""
+    eager = train_run(config(method, 3, amp="off", cuda_graphs="off"), tmp_path / "eager", progress_bar=False)
+    graphed = train_run(config(method, 3, amp="off", cuda_graphs="on"), tmp_path / "graphs", progress_bar=False)
+    assert graphed["cuda_graphs"] is True and eager["cuda_graphs"] is False
+    for a, b in zip(losses(tmp_path / "eager"), losses(tmp_path / "graphs")):
+        assert b == pytest.approx(a, rel=1e-4)
+    head = eager["headline_model"]
+    assert abs(graphed["final"][head]["top1_error"] - eager["final"][head]["top1_error"]) <= 1.0
+
+
+def test_compile_trains_like_eager_on_cuda(tmp_path):
+    eager = train_run(config("vanilla", 2, amp="off", cuda_graphs="off"), tmp_path / "eager", progress_bar=False)
+    compiled = train_run(config("vanilla", 2, amp="off", cuda_graphs="off", compile=True), tmp_path / "compiled",
+                         progress_bar=False)
+    assert compiled["compile"] is True and eager["status"] == compiled["status"] == "done"
+    for a, b in zip(losses(tmp_path / "eager"), losses(tmp_path / "compiled")):
+        assert b == pytest.approx(a, rel=1e-3)
+
+
+@pytest.mark.parametrize("graphs", ["off", "on"])
+def test_resume_on_cuda_reproduces_the_uninterrupted_run(graphs, tmp_path):
+    class Interrupt(Exception):
+        pass
+
+    reference = train_run(config("pcl", 3, cuda_graphs=graphs), tmp_path / "ref", progress_bar=False)
+    trainer = Trainer(config("pcl", 3, cuda_graphs=graphs), tmp_path / "cut", progress_bar=False)
+    original = trainer.train_epoch
+
+    def stop_in_third_epoch(epoch, bar):
+        if epoch == 2:
+            raise Interrupt
+        return original(epoch, bar)
+
+    trainer.train_epoch = stop_in_third_epoch
+    with pytest.raises(Interrupt):
+        trainer.run()
+    resumed = train_run(config("pcl", 3, cuda_graphs=graphs), tmp_path / "cut", progress_bar=False)
+    assert resumed["resumes"] and resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "ref")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: two GPUs")
+def test_ddp_over_nccl(tmp_path):
+    from bench.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "pcl", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
+                 "--epochs", "2", "--out", str(out), "--launcher", "local", "--tasks-per-node", "2",
+                 "--no-progress"]) == 0
+    summary = json.loads(next(out.rglob(runs.SUMMARY)).read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and summary["device"].startswith("cuda")

@@ -84,6 +84,18 @@ def optimisation_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 CUDA_GRAPHS = ("auto", "on", "off")
+CUDNN_BENCHMARK = ("auto", "on", "off")
+
+
+def set_cudnn_benchmark(setting: str, device: torch.device) -> bool:
+    """`compute.cudnn_benchmark`: let cuDNN time its convolution algorithms per input shape and keep the fastest
+    (auto: on for CUDA). The chosen algorithms may differ between processes, so bit-exact resume on CUDA wants
+    `off` together with deterministic kernels."""
+    if setting not in CUDNN_BENCHMARK:
+        raise unknown("compute.cudnn_benchmark", setting, CUDNN_BENCHMARK)
+    enabled = setting == "on" or (setting == "auto" and device.type == "cuda")
+    torch.backends.cudnn.benchmark = enabled
+    return enabled
 
 
 def use_cuda_graphs(setting: str, device: torch.device, world: int = 1, compiled: bool = False) -> bool:

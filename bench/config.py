@@ -50,6 +50,7 @@ class ComputeConfig:
     compile: bool = False  # torch.compile the training step's module
     optimizer_impl: str = "auto"  # auto (fused on CUDA, foreach elsewhere), fused, foreach, loop
     cuda_graphs: str = "auto"  # auto (on for single-process CUDA runs without compile), on, off
+    cudnn_benchmark: str = "auto"  # auto (on for CUDA: cuDNN times its algorithms per shape), on, off
 
 
 @dataclass

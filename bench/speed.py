@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -298,6 +299,7 @@ def _packed_worker(index: int, args: tuple, barrier, results) -> None:
     method_name, backbone, device_name, batch_size, amp, channels_last, optimizer, cuda_graphs, steps = args
     device = torch.device(device_name)
     torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = os.environ.get("OKD_BENCH_CUDNN_BENCHMARK") == "on"
     path, _ = harness_path(method_name, backbone, device, batch_size, amp, channels_last, optimizer, cuda_graphs,
                            index, synthetic_cifar(batch_size, index))
     path.train_round(max(4, steps // 2))  # warm-up (and CUDA graph capture)
@@ -353,10 +355,19 @@ def harness_rate(method_name: str, backbone: str, device: torch.device, batch_si
 def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_size: int, amp: str,
               channels_last: bool, csv_path: Path | None, rounds: int, steps: int, workers: int,
               optimizer: str = "auto", cuda_graphs: str = "auto", pack: list[int] | None = None,
-              paper_table: bool = False) -> int:
-    from bench.compute import amp_name, autocast_dtype, optimizer_impl, resolve_device, use_cuda_graphs
+              paper_table: bool = False, cudnn_benchmark: str = "auto") -> int:
+    from bench.compute import (
+        amp_name,
+        autocast_dtype,
+        optimizer_impl,
+        resolve_device,
+        set_cudnn_benchmark,
+        use_cuda_graphs,
+    )
 
     device = resolve_device(device_name)
+    benchmark = set_cudnn_benchmark(cudnn_benchmark, device)
+    os.environ["OKD_BENCH_CUDNN_BENCHMARK"] = "on" if benchmark else "off"  # for the packed processes
     if batch_size < 2:
         raise UsageError(f"--batch-size must be at least 2, got {batch_size}")
     for flag, value, least in (("--rounds", rounds, 1), ("--steps", steps, 1), ("--workers", workers, 0)):
@@ -371,7 +382,8 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
               + "".join(f" {f'K={k} img/s':>11} {'xK=1':>5}" for k in pack))
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
           f"{torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} steps; harness: amp "
-          f"{amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}, cuda graphs {graphs}")
+          f"{amp_name(amp_dtype)}, channels_last {channels_last}, optimizer {impl}, cuda graphs {graphs}, cudnn "
+          f"benchmark {benchmark}")
     print(header)
     for backbone in backbones:
         for method in methods:

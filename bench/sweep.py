@@ -130,7 +130,7 @@ def check_compute(compute) -> None:
     them for the CPU checks the names; whether the device is present is for the machine that runs)."""
     import torch
 
-    from bench.compute import CUDA_GRAPHS, autocast_dtype, optimizer_impl, parse_device
+    from bench.compute import CUDA_GRAPHS, CUDNN_BENCHMARK, autocast_dtype, optimizer_impl, parse_device
     from bench.errors import unknown
 
     autocast_dtype(compute.amp, torch.device("cpu"))
@@ -138,6 +138,8 @@ def check_compute(compute) -> None:
     parse_device(compute.device, "compute.device")
     if compute.cuda_graphs not in CUDA_GRAPHS:
         raise unknown("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)
+    if compute.cudnn_benchmark not in CUDNN_BENCHMARK:
+        raise unknown("compute.cudnn_benchmark", compute.cudnn_benchmark, CUDNN_BENCHMARK)
 
 
 def check_device_here(compute) -> None:

@@ -35,6 +35,7 @@ from bench.compute import (
     optimisation_step,
     optimizer_impl,
     resolve_device,
+    set_cudnn_benchmark,
     use_cuda_graphs,
 )
 from bench.config import RunConfig, parse_yaml, to_dict
@@ -192,6 +193,7 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         self.amp_dtype = autocast_dtype(cfg.compute.amp, self.device)
+        self.cudnn_benchmark = set_cudnn_benchmark(cfg.compute.cudnn_benchmark, self.device)
         spec = DATASETS.get(cfg.dataset)
         seed_everything(cfg.seed)
 
@@ -389,6 +391,7 @@ class Trainer:
             "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile,
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "cuda_graphs": self.cuda_graphs and not getattr(self.step_fn, "failed", None),
+            "cudnn_benchmark": self.cudnn_benchmark,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),

@@ -29,6 +29,7 @@ def config(method: str = "vanilla", epochs: int = 3, seed: int = 0, **compute):
     sweep.epochs = epochs
     cfg = run_config(sweep, method, "cifar_resnet8", "digits", seed, {})
     cfg.compute.device = "cuda"
+    cfg.compute.cudnn_benchmark = "off"  # the same algorithms in every process: exact comparisons
     for key, value in compute.items():
         setattr(cfg.compute, key, value)
     return cfg
@@ -41,10 +42,10 @@ def losses(folder) -> list[float]:
 @pytest.fixture(autouse=True)
 def deterministic_kernels():
     """cuDNN's fastest backward kernels add in a non-fixed order; the exact-equality checks need fixed ones."""
-    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    before = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
     yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+    torch.backends.cudnn.deterministic = before
 
 
 @pytest.mark.parametrize("method", ["vanilla", "pcl"])
@@ -124,13 +125,32 @@ def test_cuda_graphs_train_like_eager(method, tmp_path):
     assert abs(graphed["final"][head]["top1_error"] - eager["final"][head]["top1_error"]) <= 1.0
 
 
-def test_compile_trains_like_eager_on_cuda(tmp_path):
-    eager = train_run(config("vanilla", 2, amp="off", cuda_graphs="off"), tmp_path / "eager", progress_bar=False)
-    compiled = train_run(config("vanilla", 2, amp="off", cuda_graphs="off", compile=True), tmp_path / "compiled",
-                         progress_bar=False)
-    assert compiled["compile"] is True and eager["status"] == compiled["status"] == "done"
-    for a, b in zip(losses(tmp_path / "eager"), losses(tmp_path / "compiled")):
-        assert b == pytest.approx(a, rel=1e-3)
+@pytest.mark.parametrize("method", ["vanilla", "pcl"])
+def test_compiled_step_equals_the_eager_step(method):
+    """torch.compile'd step vs eager from the same state: the same loss terms and the same parameters after it
+    (inductor fuses and reorders float sums, so up to rounding). Whole runs then drift apart as any two float
+    orders do over hundreds of steps; this checks the step itself."""
+    from bench.compute import autocast_context, build_optimizer, optimisation_step
+    from bench.config import OptimConfig
+
+    torch.manual_seed(0)
+    eager = build_method(method, lambda: timm.create_model("cifar_resnet8", num_classes=10), 10, {}).to(CUDA)
+    twin = build_method(method, lambda: timm.create_model("cifar_resnet8", num_classes=10), 10, {}).to(CUDA)
+    twin.load_state_dict(eager.state_dict())
+    views = [torch.randn(32, 3, 32, 32, device=CUDA) for _ in range(eager.views)]
+    target = torch.arange(32, device=CUDA) % 10
+    results = []
+    for module, compiled in ((eager, False), (twin, True)):
+        opt = build_optimizer([p for p in module.parameters() if p.requires_grad], OptimConfig(), "fused")
+        step_module = torch.compile(module) if compiled else module
+        terms, _ = optimisation_step(step_module.train(), opt, lambda: autocast_context(CUDA, None), views, target,
+                                     Progress(40, 0))
+        results.append((terms, [p.detach().clone() for p in module.parameters()]))
+    (terms_a, params_a), (terms_b, params_b) = results
+    for name in terms_a:
+        assert torch.allclose(terms_a[name], terms_b[name], rtol=1e-4, atol=1e-5), name
+    for a, b in zip(params_a, params_b):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("graphs", ["off", "on"])

@@ -39,4 +39,4 @@ def per_group_batchnorm(module: nn.Module, groups: int) -> Iterator[None]:
         yield
     finally:
         for bn in patched:
-            del bn.forward
+            bn.__dict__.pop("forward", None)  # (torch.compile may have dropped the instance attribute already)

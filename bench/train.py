@@ -337,6 +337,8 @@ class Trainer:
         cfg = self.cfg
         bar = self._bar()
         try:
+            if cfg.method in os.environ.get("OKD_BENCH_FAIL_METHODS", "").split(","):  # fault injection (tests)
+                raise RuntimeError(f"injected failure of {cfg.method} (OKD_BENCH_FAIL_METHODS)")
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 losses = self.train_epoch(epoch, bar)

@@ -20,9 +20,11 @@ PROFILE = ROOT / "slurm" / "local.yaml"
 GRID = ["--datasets", "digits", "--backbones", "cifar_resnet8", "--no-progress"]
 
 
-def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def bench(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def summaries(out: Path) -> dict[str, dict]:
@@ -54,19 +56,21 @@ def test_local_launcher_runs_in_parallel_and_status_shows_done(tmp_path, capsys)
     assert "2 done" in text and "digits/cifar_resnet8/one/seed0" in text
 
 
-def test_failed_runs_are_kept_until_retry_failed(tmp_path, capsys):
+def test_failed_runs_are_kept_until_retry_failed(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
     args = ["run", "--methods", "vanilla,dml", "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out),
             "--launcher", "inline"]
-    assert main([*args, "dml.num_networks=1"]) == 1
+    monkeypatch.setenv("OKD_BENCH_FAIL_METHODS", "dml")  # dml's run fails once it has started
+    assert main(args) == 1
     states = {r["run"]: r for r in run_states(out)}
     assert states["digits/cifar_resnet8/dml/seed0"]["state"] == "failed"
-    assert "num_networks >= 2" in states["digits/cifar_resnet8/dml/seed0"]["error"]
+    assert "injected failure of dml" in states["digits/cifar_resnet8/dml/seed0"]["error"]
     assert states["digits/cifar_resnet8/vanilla/seed0"]["state"] == "done"
     capsys.readouterr()
-    assert main([*args, "dml.num_networks=1"]) == 0  # skipped, not rerun
+    assert main(args) == 0  # skipped, not rerun
     assert "1 failed" in capsys.readouterr().out
-    assert main([*args, "dml.num_networks=2", "--retry-failed", "--force"]) == 0
+    monkeypatch.delenv("OKD_BENCH_FAIL_METHODS")
+    assert main([*args, "--retry-failed"]) == 0
     assert {r["state"] for r in run_states(out)} == {"done"}
 
 
@@ -141,11 +145,11 @@ def test_slurm_failed_run_is_reported_while_others_finish(tmp_path):
     require_slurm()
     out = tmp_path / "sweep"
     proc = bench("run", "--launcher", "slurm", "--cluster", str(PROFILE), "--methods", "vanilla,dml",
-                 "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out), "dml.num_networks=1")
+                 "--seeds", "0", "--epochs", "1", *GRID, "--out", str(out), env={"OKD_BENCH_FAIL_METHODS": "dml"})
     assert proc.returncode == 1
     status = bench("status", str(out)).stdout
     dml_line = next(line for line in status.splitlines() if "/dml/" in line)
-    assert "failed" in dml_line and "num_networks >= 2" in dml_line
+    assert "failed" in dml_line and "injected failure of dml" in dml_line
     assert "done" in next(line for line in status.splitlines() if "/vanilla/" in line)
 
 

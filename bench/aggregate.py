@@ -105,7 +105,8 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         run_rows.append({**ident, "status": summary["status"], "folder": str(folder),
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
                          "wall_clock_s": summary.get("wall_clock_s"), "images_per_s": summary.get("images_per_s"),
-                         "device": summary.get("device"), "params_deployed": params.get("deployed"),
+                         "device": summary.get("device"), "runs_per_device": summary.get("runs_per_device") or 1,
+                         "params_deployed": params.get("deployed"),
                          "params_training": params.get("training_total"),
                          "error": summary.get("error") or (summary.get("divergence") or {}).get("message")})
         if summary["status"] != "done":
@@ -362,7 +363,9 @@ def cost_table(collection: Collection) -> pd.DataFrame:
     done = collection.runs[collection.runs.status == "done"] if not collection.runs.empty else collection.runs
     if done.empty:
         return pd.DataFrame()
-    done = done.assign(gpu_hours=done.wall_clock_s / 3600.0 * done.device.fillna("").str.startswith("cuda"))
+    # a run that shared its GPU with K-1 others (--runs-per-device K) paid for 1/K of it
+    done = done.assign(gpu_hours=done.wall_clock_s / 3600.0 * done.device.fillna("").str.startswith("cuda")
+                       / done.runs_per_device)
     grouped = done.groupby(["dataset", "backbone", "method"])
     table = grouped.agg(runs=("seed", "count"), wall_clock_s=("wall_clock_s", "mean"), gpu_hours=("gpu_hours", "mean"),
                         images_per_s=("images_per_s", "mean"), params_deployed_M=("params_deployed", "first"),

@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sweep, preset = build_sweep(args)
     opts = LaunchOptions(launcher=args.launcher, cluster=args.cluster, max_parallel=args.max_parallel,
-                         tasks_per_node=args.tasks_per_node,
+                         tasks_per_node=args.tasks_per_node, runs_per_device=args.runs_per_device,
                          wait=not args.no_wait, retry_failed=args.retry_failed, force=args.force,
                          progress_bar=not args.no_progress)
     return run_sweep(sweep, preset, opts)
@@ -270,6 +270,9 @@ def make_parser() -> argparse.ArgumentParser:
     launch.add_argument("--max-parallel", type=int, default=1, help="local launcher: runs at a time")
     launch.add_argument("--tasks-per-node", type=int, default=1,
                         help="local: processes per run with torch.distributed (one per GPU; gloo on CPU)")
+    launch.add_argument("--runs-per-device", type=int, default=1,
+                        help="local/slurm: train K runs at once on each GPU (K processes; with NVIDIA MPS they run "
+                             "concurrently), recorded in summary.json so cost tables divide GPU-hours by K")
     launch.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
     launch.add_argument("--retry-failed", action="store_true", help="rerun failed and diverged runs too")
     launch.add_argument("--force", action="store_true", help="rerun every run from scratch, even done ones "

@@ -40,6 +40,7 @@ class LaunchOptions:
     cluster: Path | None = None
     max_parallel: int = 1
     tasks_per_node: int = 1
+    runs_per_device: int = 1
     wait: bool = True
     retry_failed: bool = False
     force: bool = False
@@ -50,7 +51,8 @@ class LaunchOptions:
 # one run, wherever it executes
 
 
-def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = None) -> dict[str, Any]:
+def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = None,
+                runs_per_device: int = 1) -> dict[str, Any]:
     """Train one run under its lock; a failure before training starts is recorded as a failed summary."""
     from bench.distributed import is_main
     from bench.records import load_summary
@@ -64,7 +66,7 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
         if runs.run_status(spec.folder) == "done":  # finished by another process while this one waited
             return load_summary(spec.folder)
         try:
-            return train_run(spec.config, spec.folder, progress_bar=progress_bar)
+            return train_run(spec.config, spec.folder, progress_bar=progress_bar, runs_per_device=runs_per_device)
         except Exception as err:
             if is_main() and runs.run_status(spec.folder) != "failed":
                 c = spec.config
@@ -77,8 +79,8 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
 class RunJob(submitit.helpers.Checkpointable):
     """The callable submitit runs for one run of a sweep; requeued as itself on preemption/time-out."""
 
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads
+    def __init__(self, threads: int | None = None, gpu: int | None = None, runs_per_device: int = 1) -> None:
+        self.threads, self.gpu, self.runs_per_device = threads, gpu, runs_per_device
 
     def __call__(self, spec: RunSpec) -> dict[str, Any]:
         import torch
@@ -86,6 +88,8 @@ class RunJob(submitit.helpers.Checkpointable):
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
         if threads:
             torch.set_num_threads(threads)
+        if self.gpu is not None:  # a packed local run: its slot's GPU
+            torch.cuda.set_device(self.gpu)
         try:
             job_id = submitit.JobEnvironment().job_id
         except RuntimeError:
@@ -93,14 +97,59 @@ class RunJob(submitit.helpers.Checkpointable):
         from bench.distributed import maybe_init_distributed
 
         with maybe_init_distributed():
-            try:
-                return execute_run(spec, progress_bar=False, job_id=job_id)
-            except runs.AlreadyRunning as busy:  # another process trains this run: this job leaves it alone
-                return {"status": ALREADY_RUNNING, "holder": busy.holder}
+            return run_or_skip(spec, job_id, self.runs_per_device)
 
     def checkpoint(self, spec: RunSpec) -> submitit.helpers.DelayedSubmission:
         # the trainer checkpoints at every epoch boundary: resubmitting the same run resumes from there
-        return submitit.helpers.DelayedSubmission(RunJob(self.threads), spec)
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.gpu, self.runs_per_device), spec)
+
+
+def run_or_skip(spec: RunSpec, job_id: str | None, runs_per_device: int) -> dict[str, Any]:
+    try:
+        return execute_run(spec, progress_bar=False, job_id=job_id, runs_per_device=runs_per_device)
+    except runs.AlreadyRunning as busy:  # another process trains this run: this job leaves it alone
+        return {"status": ALREADY_RUNNING, "holder": busy.holder}
+
+
+def _packed_member(spec: RunSpec, job_id: str | None, runs_per_device: int, threads: int, results) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        results.put((str(spec.folder), run_or_skip(spec, job_id, runs_per_device)))
+    except Exception as err:  # recorded in the run's summary; reported to the group
+        results.put((str(spec.folder), {"status": "failed", "error": f"{type(err).__name__}: {err}"}))
+
+
+class RunGroupJob(submitit.helpers.Checkpointable):
+    """One SLURM task (one GPU) training K runs of the sweep at once, each in its own process
+    (`--runs-per-device K`): small networks leave a GPU mostly idle, and K runs fill it. Requeued as itself;
+    each run resumes from its own checkpoint."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
+    def __call__(self, specs: list[RunSpec]) -> list[dict[str, Any]]:
+        import multiprocessing
+
+        try:
+            job_id = submitit.JobEnvironment().job_id
+        except RuntimeError:
+            job_id = None
+        cpus = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or (os.cpu_count() or 1)
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_packed_member, args=(spec, job_id, len(specs), max(1, cpus // len(specs)),
+                                                          results)) for spec in specs]
+        for p in procs:
+            p.start()
+        by_folder = dict(results.get() for _ in procs)
+        for p in procs:
+            p.join()
+        return [by_folder[str(spec.folder)] for spec in specs]
+
+    def checkpoint(self, specs: list[RunSpec]) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(RunGroupJob(self.threads), specs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +275,11 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
         raise unknown("launcher", opts.launcher, LAUNCHERS)
     if opts.max_parallel < 1:
         raise UsageError(f"--max-parallel must be at least 1, got {opts.max_parallel}")
+    if opts.runs_per_device < 1 or (opts.runs_per_device > 1 and opts.launcher == "inline"):
+        raise UsageError(f"--runs-per-device must be at least 1 and needs --launcher local or slurm, got "
+                         f"{opts.runs_per_device} with --launcher {opts.launcher}")
+    if opts.runs_per_device > 1 and opts.tasks_per_node > 1:
+        raise UsageError("--runs-per-device packs single-process runs: it does not combine with --tasks-per-node")
     if opts.tasks_per_node < 1 or (opts.tasks_per_node > 1 and opts.launcher != "local"):
         raise UsageError("--tasks-per-node N (>= 1) is for --launcher local; on SLURM set tasks_per_node in the "
                          "cluster profile")
@@ -328,31 +382,42 @@ def launch_inline(todo: list[RunSpec], opts: LaunchOptions) -> int:
 
 
 def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
-    """Each run in its own submitit subprocess, at most `max_parallel` at a time."""
+    """Each run in its own submitit subprocess, at most `max_parallel` at a time; with `--runs-per-device K`,
+    K at a time on each visible GPU (or K on the CPU), each packed run pinned to its slot's GPU."""
     executor = submitit.LocalExecutor(folder=out / ".submitit" / "%j")
     executor.update_parameters(timeout_min=60 * 24 * 30, tasks_per_node=opts.tasks_per_node)
-    threads = max(1, (os.cpu_count() or 1) // (opts.max_parallel * opts.tasks_per_node))
+    k = opts.runs_per_device
+    gpus = local_gpus() if k > 1 else 0
+    slots = [i % gpus if gpus else None for i in range(k * max(gpus, 1))] if k > 1 else [None] * opts.max_parallel
+    threads = max(1, (os.cpu_count() or 1) // (len(slots) * opts.tasks_per_node))
     pending, running, failed, finished = list(todo), {}, 0, 0
-    t0 = {}
+    t0, free = {}, list(range(len(slots)))
     while pending or running:
-        while pending and len(running) < opts.max_parallel:
-            spec = pending.pop(0)
-            job = executor.submit(RunJob(threads), spec)
-            running[job.job_id] = (job, spec)
+        while pending and free:
+            spec, slot = pending.pop(0), free.pop(0)
+            job = executor.submit(RunJob(threads, slots[slot], k), spec)
+            running[job.job_id] = (job, spec, slot)
             t0[job.job_id] = time.perf_counter()
             record = {"launcher": "local", "job_id": job.job_id, "process": runs.process_identity(int(job.job_id))}
             runs.write_json(spec.folder / JOB_RECORD, record)
             update_manifest(out, runs={rel(spec, out): record})
         time.sleep(0.5)
-        for job_id, (job, spec) in list(running.items()):
+        for job_id, (job, spec, slot) in list(running.items()):
             if job.done():
                 del running[job_id]
+                free.append(slot)
                 finished += 1
                 result = _job_result(job)
                 if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
                     restore_holder(out, spec, result)
                 failed += _print_result(finished, len(todo), spec, time.perf_counter() - t0[job_id], result)
     return failed
+
+
+def local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _job_result(job) -> Any:
@@ -381,21 +446,30 @@ def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: d
     params = {"name": f"okd-{out.name}", "timeout_min": 60, "cpus_per_task": 1, **profile}
     params.setdefault("slurm_array_parallelism", len(todo))
     executor.update_parameters(**params)
-    jobs = executor.map_array(RunJob(), todo)
-    for job, spec in zip(jobs, todo):
-        runs.write_json(spec.folder / JOB_RECORD, {"launcher": "slurm", "job_id": job.job_id})
-    update_manifest(out, runs={rel(s, out): {"launcher": "slurm", "job_id": j.job_id} for j, s in zip(jobs, todo)})
-    print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} runs); "
+    k = opts.runs_per_device
+    groups = [todo[i:i + k] for i in range(0, len(todo), k)]  # one array task (one GPU) per K runs
+    jobs = executor.map_array(RunJob(), todo) if k == 1 else executor.map_array(RunGroupJob(), groups)
+    members = [[s] for s in todo] if k == 1 else groups
+    for job, group in zip(jobs, members):
+        for spec in group:
+            runs.write_json(spec.folder / JOB_RECORD, {"launcher": "slurm", "job_id": job.job_id})
+    update_manifest(out, runs={rel(s, out): {"launcher": "slurm", "job_id": j.job_id}
+                               for j, group in zip(jobs, members) for s in group})
+    print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(todo)} runs in {len(jobs)} tasks); "
           f"'bench status {out}' to follow, 'bench cancel {out}' to stop")
     if not opts.wait:
         return None
-    failed, started = 0, time.perf_counter()
-    by_id = {job.job_id: spec for job, spec in zip(jobs, todo)}
-    for i, job in enumerate(submitit.helpers.as_completed(jobs, poll_frequency=2), 1):
+    failed, started, finished = 0, time.perf_counter(), 0
+    by_id = {job.job_id: group for job, group in zip(jobs, members)}
+    for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
         result = _job_result(job)
-        if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
-            restore_holder(out, by_id[job.job_id], result)
-        failed += _print_result(i, len(jobs), by_id[job.job_id], time.perf_counter() - started, result)
+        group = by_id[job.job_id]
+        results = result if isinstance(result, list) else [result] * len(group)
+        for spec, one in zip(group, results):
+            if isinstance(one, dict) and one.get("status") == ALREADY_RUNNING:
+                restore_holder(out, spec, one)
+            finished += 1
+            failed += _print_result(finished, len(todo), spec, time.perf_counter() - started, one)
     return failed
 
 

@@ -119,7 +119,7 @@ def load_summary(folder: Path) -> dict | None:
               "a list of names")
     for key in ("wall_clock_s", "images_per_s"):
         _optional(path, data, key, lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a non-negative number")
-    for key in ("epochs", "epochs_done", "world_size"):
+    for key in ("epochs", "epochs_done", "world_size", "runs_per_device"):
         _optional(path, data, key, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
     for key in ("device", "error", "headline_model", "git_commit", "amp"):
         _optional(path, data, key, lambda v: isinstance(v, str), "a string")

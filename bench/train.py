@@ -180,8 +180,9 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
 class Trainer:
     """One run. `run()` trains (resuming when a checkpoint exists) and returns the summary."""
 
-    def __init__(self, cfg: RunConfig, folder: Path, progress_bar: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, folder: Path, progress_bar: bool = True, runs_per_device: int = 1) -> None:
         self.cfg, self.folder, self.progress_bar = cfg, Path(folder), progress_bar
+        self.runs_per_device = runs_per_device  # runs sharing this run's device (cost tables divide by it)
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -396,7 +397,7 @@ class Trainer:
             "channels_last": cfg.compute.channels_last, "compile": cfg.compute.compile,
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "cuda_graphs": self.cuda_graphs and not getattr(self.step_fn, "failed", None),
-            "cudnn_benchmark": self.cudnn_benchmark,
+            "cudnn_benchmark": self.cudnn_benchmark, "runs_per_device": self.runs_per_device,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),
@@ -431,6 +432,6 @@ class Trainer:
         return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def train_run(cfg: RunConfig, folder: Path, progress_bar: bool = True) -> dict[str, Any]:
+def train_run(cfg: RunConfig, folder: Path, progress_bar: bool = True, runs_per_device: int = 1) -> dict[str, Any]:
     """Train one run into `folder` and return its summary (also written to summary.json)."""
-    return Trainer(cfg, folder, progress_bar=progress_bar).run()
+    return Trainer(cfg, folder, progress_bar=progress_bar, runs_per_device=runs_per_device).run()

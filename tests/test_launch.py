@@ -177,3 +177,56 @@ def test_two_process_distributed_run_with_gloo(tmp_path):
     folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
     assert [r["epoch"] for r in records.load_metrics(folder)] == [1, 2]  # written by rank 0 only
     assert summary["final"]["mean_teacher0"]["top1_error"] < 60.0
+
+
+# ---------------------------------------------------------------------------------------------
+# several runs per device
+
+
+def test_packed_runs_equal_the_same_runs_trained_alone(tmp_path, capsys):
+    """--runs-per-device 2: two runs train at once, in two processes sharing the device; each ends exactly as
+    the same run trained alone (one process per run, the same threads per process), and records the packing."""
+    import torch
+
+    grid = ["--methods", "vanilla,pcl", "--seeds", "0", "--epochs", "2", *GRID]
+    assert main(["run", *grid, "--out", str(tmp_path / "packed"), "--launcher", "local",
+                 "--runs-per-device", "2"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (__import__("os").cpu_count() or 1) // 2))  # what each packed process had
+    try:
+        assert main(["run", *grid, "--out", str(tmp_path / "alone"), "--launcher", "inline"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    packed, alone = summaries(tmp_path / "packed"), summaries(tmp_path / "alone")
+    assert set(packed) == set(alone) and len(packed) == 2
+    for run in packed:
+        assert packed[run]["runs_per_device"] == 2 and alone[run]["runs_per_device"] == 1
+        assert packed[run]["final"] == alone[run]["final"] and packed[run]["best"] == alone[run]["best"]
+
+
+def test_cost_table_divides_gpu_hours_by_the_packing(tmp_path):
+    from bench.aggregate import cost_table, load_runs
+
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "vanilla", "--seeds", "0,1", "--epochs", "1", *GRID, "--out", str(out),
+                 "--launcher", "inline"]) == 0
+    for seed, k in ((0, 1), (1, 4)):  # as if run on a GPU, alone and packed 4 per GPU
+        path = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", seed) / runs.SUMMARY
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({**summary, "device": "cuda:0", "wall_clock_s": 3600.0, "runs_per_device": k}))
+    table = cost_table(load_runs([out]))
+    assert table.gpu_hours.iloc[0] == pytest.approx((1.0 + 0.25) / 2)
+
+
+@pytest.mark.slurm
+def test_slurm_task_trains_its_packed_runs_together(tmp_path):
+    require_slurm()
+    out = tmp_path / "sweep"
+    proc = bench("run", "--launcher", "slurm", "--cluster", str(PROFILE), "--methods", "vanilla,one", "--seeds", "0",
+                 "--epochs", "1", *GRID, "--out", str(out), "--runs-per-device", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs in 1 tasks" in proc.stdout
+    done = summaries(out)
+    assert len(done) == 2 and all(s["status"] == "done" and s["runs_per_device"] == 2 for s in done.values())
+    job_ids = {json.loads((out / run / "job.json").read_text())["job_id"] for run in done}
+    assert len(job_ids) == 1  # one array task held both

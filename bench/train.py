@@ -38,7 +38,7 @@ from bench.compute import (
     set_cudnn_benchmark,
     use_cuda_graphs,
 )
-from bench.config import RunConfig, parse_yaml, to_dict
+from bench.config import RunConfig, to_dict
 from bench.distributed import world
 from bench.errors import UsageError
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
@@ -153,17 +153,20 @@ def config_record(cfg: RunConfig) -> dict[str, Any]:
 
 
 def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
-    """Refuse to continue a run folder made by a different config (unless `force`)."""
-    existing = folder / runs.CONFIG
-    if not existing.exists() or force:
+    """Refuse to continue a run folder made by a different config (unless `force`). The folder's config is read
+    as this version reads it: settings added since it was written take their defaults (the values the older
+    version used), so a run folder made by an older okd-bench is not "different" for lacking them."""
+    if force or not (folder / runs.CONFIG).exists():
         return
     try:
-        old = parse_yaml(existing.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        old_cfg = records.load_config(folder)
+        old_cfg.options = options_dict(resolve_options(old_cfg.method, old_cfg.options))
+        old = config_record(old_cfg)
+    except (records.Malformed, UsageError):
         old = None
     new = config_record(cfg)
     if old != new:
-        diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable)"]
+        diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
                          "use another --out, or --force to overwrite it")
 

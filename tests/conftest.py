@@ -66,6 +66,27 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: i
     return root
 
 
+class Interrupt(BaseException):
+    """Stands for a kill at an epoch boundary (a BaseException, as KeyboardInterrupt: no failed summary)."""
+
+
+def train_until_interrupted(cfg, folder: Path, epoch: int) -> None:
+    """Train `cfg` into `folder` and stop it as the (0-based) `epoch` begins, leaving its checkpoint behind."""
+    from bench.train import Trainer
+
+    trainer = Trainer(cfg, folder, progress_bar=False)
+    original = trainer.train_epoch
+
+    def stop(e, bar):
+        if e == epoch:
+            raise Interrupt
+        return original(e, bar)
+
+    trainer.train_epoch = stop
+    with pytest.raises(Interrupt):
+        trainer.run()
+
+
 class FixedBranch(nn.Module):
     """Returns fixed (logits, feature) whatever the input, as trainable parameters."""
 

@@ -15,9 +15,10 @@ import torch
 
 from bench import records, runs
 from bench.config import SweepConfig, from_dict, load_preset, run_config
-from bench.train import Trainer, train_run
+from bench.train import train_run
 from methods import build_method
 from methods.base import Progress
+from tests.conftest import train_until_interrupted
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -155,21 +156,8 @@ def test_compiled_step_equals_the_eager_step(method):
 
 @pytest.mark.parametrize("graphs", ["off", "on"])
 def test_resume_on_cuda_reproduces_the_uninterrupted_run(graphs, tmp_path):
-    class Interrupt(Exception):
-        pass
-
     reference = train_run(config("pcl", 3, cuda_graphs=graphs), tmp_path / "ref", progress_bar=False)
-    trainer = Trainer(config("pcl", 3, cuda_graphs=graphs), tmp_path / "cut", progress_bar=False)
-    original = trainer.train_epoch
-
-    def stop_in_third_epoch(epoch, bar):
-        if epoch == 2:
-            raise Interrupt
-        return original(epoch, bar)
-
-    trainer.train_epoch = stop_in_third_epoch
-    with pytest.raises(Interrupt):
-        trainer.run()
+    train_until_interrupted(config("pcl", 3, cuda_graphs=graphs), tmp_path / "cut", epoch=2)
     resumed = train_run(config("pcl", 3, cuda_graphs=graphs), tmp_path / "cut", progress_bar=False)
     assert resumed["resumes"] and resumed["final"] == reference["final"] and resumed["best"] == reference["best"]
     assert losses(tmp_path / "cut") == losses(tmp_path / "ref")

@@ -373,3 +373,39 @@ def test_a_full_disk_is_named_with_its_path_and_corrupts_nothing(tiny_disk, caps
     assert not list(tiny_disk.rglob("*.tmp"))  # no half-written file left behind
     for path in tiny_disk.rglob("*.json"):
         json.loads(path.read_text())  # whatever was written is whole
+
+
+def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, capsys):
+    """A sweep written before compute.cuda_graphs/cudnn_benchmark, deployed files and process identities existed:
+    its finished run is skipped (not 'a different config'), its unfinished run resumes, tables and export work."""
+    import yaml
+
+    from tests.conftest import train_until_interrupted
+
+    out = tmp_path / "sweep"
+    args = ["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0,1",
+            "--epochs", "2", "--launcher", "inline", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    done, cut = (runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", s) for s in (0, 1))
+    cut_config = records.load_config(cut)
+    runs.reset_run_folder(cut)
+    train_until_interrupted(cut_config, cut, epoch=1)  # seed 1: one epoch done, then killed
+    for folder in (done, cut):  # as the previous version wrote them
+        config = yaml.safe_load((folder / runs.CONFIG).read_text())
+        for key in ("cuda_graphs", "cudnn_benchmark"):
+            del config["compute"][key]
+        (folder / runs.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = json.loads((done / runs.SUMMARY).read_text())
+    for key in ("deployed", "cuda_graphs", "cudnn_benchmark", "runs_per_device"):
+        summary.pop(key)
+    (done / runs.SUMMARY).write_text(json.dumps(summary))
+    for name in ("deployed.safetensors", "deployed.json"):
+        (done / name).unlink()
+    (out / "sweep.json").write_text(json.dumps({"launcher": "inline", "launcher_pid": 1, "runs": {}}))
+    capsys.readouterr()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "1 to run (1 done: skipped)" in text
+    assert json.loads((cut / runs.SUMMARY).read_text())["resumes"][0]["epoch"] == 1
+    assert json.loads((done / runs.SUMMARY).read_text()) == summary  # untouched
+    assert main(["table", str(out)]) == 0 and main(["export", str(done)]) == 0

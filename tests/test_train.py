@@ -10,7 +10,8 @@ import yaml
 
 from bench import records, runs
 from bench.config import SweepConfig, from_dict, load_preset, run_config
-from bench.train import Trainer, train_run
+from bench.train import train_run
+from tests.conftest import train_until_interrupted
 
 
 def config(method="vanilla", epochs=3, **kw):
@@ -79,21 +80,7 @@ def test_same_seed_same_metrics(tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     reference = train_run(config("pcl", epochs=3), tmp_path / "ref", progress_bar=False)
-
-    class Interrupt(Exception):
-        pass
-
-    trainer = Trainer(config("pcl", epochs=3), tmp_path / "cut", progress_bar=False)
-    original = trainer.train_epoch
-
-    def stop_in_third_epoch(epoch, bar):
-        if epoch == 2:
-            raise Interrupt
-        return original(epoch, bar)
-
-    trainer.train_epoch = stop_in_third_epoch
-    with pytest.raises(Interrupt):
-        trainer.run()
+    train_until_interrupted(config("pcl", epochs=3), tmp_path / "cut", epoch=2)
     assert len(records.load_metrics(tmp_path / "cut")) == 2
     resumed = train_run(config("pcl", epochs=3), tmp_path / "cut", progress_bar=False)
     assert resumed["final"] == reference["final"] and resumed["best"] == reference["best"]

@@ -180,7 +180,7 @@ def _collect(args: argparse.Namespace):
         print(f"warning: {note}", file=sys.stderr)
     if not hasattr(args, "metric"):  # bench plot: no table options
         return roots, collection, TableSpec()
-    known = ["headline", "ensemble", *sorted(set(collection.models.get("eval_model", [])))]
+    known = list(dict.fromkeys(["headline", "ensemble", *sorted(set(collection.models.get("eval_model", [])))]))
     if args.model not in known and not collection.models.empty:
         raise unknown("--model", args.model, known)
     spec = TableSpec(metric=args.metric, measure=args.measure, top=args.top, model=args.model,

@@ -84,6 +84,21 @@ def test_bad_input_is_one_line_and_touches_nothing(args, message, tmp_path, caps
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_table_model_and_speed_csv_are_checked_before_any_work(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "pcl", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
+                 "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["table", str(out), "--model", "mean_teacher"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --model 'mean_teacher'; did you mean 'mean_teacher" in err and "peer2" in err
+    assert err.count("ensemble") == 1
+    assert main(["speed", "--methods", "vanilla", "--backbones", "cifar_resnet8", "--device", "cpu", "--csv",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--csv {tmp_path} is a folder" in err and err.count("\n") == 1
+
+
 def test_options_for_a_method_outside_the_sweep_are_named(tmp_path, capsys):
     assert main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",
                  "0", "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(tmp_path / "o"),

@@ -177,6 +177,8 @@ def test_two_process_distributed_run_with_gloo(tmp_path):
     folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
     assert [r["epoch"] for r in records.load_metrics(folder)] == [1, 2]  # written by rank 0 only
     assert summary["final"]["mean_teacher0"]["top1_error"] < 60.0
+    assert summary["deployed"]["eval_model"] == "mean_teacher0" and (folder / "deployed.safetensors").exists()
+    assert main(["export", str(folder), "--model", "peer1"]) == 0  # a DDP run's last.pt exports like any other
 
 
 # ---------------------------------------------------------------------------------------------

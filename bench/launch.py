@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -143,10 +144,25 @@ class RunGroupJob(submitit.helpers.Checkpointable):
                                                           results)) for spec in specs]
         for p in procs:
             p.start()
-        by_folder = dict(results.get() for _ in procs)
+        by_folder: dict[str, dict] = {}
+        while len(by_folder) < len(procs):  # a member killed outright (OOM, signal) never reports: stop waiting
+            try:
+                folder, result = results.get(timeout=5)
+                by_folder[folder] = result
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):  # all gone: take what they sent before going
+                    while True:
+                        try:
+                            folder, result = results.get(timeout=1)
+                        except queue.Empty:
+                            break
+                        by_folder[folder] = result
+                    break
         for p in procs:
             p.join()
-        return [by_folder[str(spec.folder)] for spec in specs]
+        return [by_folder.get(str(spec.folder), {"status": "failed", "error": f"its process ended with exit code "
+                                                                               f"{p.exitcode} before reporting"})
+                for spec, p in zip(specs, procs)]
 
     def checkpoint(self, specs: list[RunSpec]) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(RunGroupJob(self.threads), specs)

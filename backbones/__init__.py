@@ -7,7 +7,11 @@ other timm model name works too.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import timm
+from torch import nn
 
 from backbones import cifar_densenet, cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
 from bench.errors import UsageError, unknown
@@ -33,21 +37,25 @@ def create_backbone(name: str, num_classes: int, img_size: int | None = None, **
     return create_backbone_with_kwargs(name, num_classes, img_size, **kwargs)[0]
 
 
+def backbone_factory(name: str, num_classes: int, img_size: int | None = None) -> Callable[[], nn.Module]:
+    """A method's backbone factory: each call builds a freshly initialised `create_backbone(name, ...)`."""
+    return functools.partial(create_backbone, name, num_classes, img_size)
+
+
 def create_backbone_with_kwargs(name: str, num_classes: int, img_size: int | None = None,
                                 **kwargs) -> tuple[timm.models.nn.Module, dict]:
     """`create_backbone`, and the keyword arguments of `timm.create_model` that built it (what an exported
     network's user passes to rebuild it)."""
     check_backbone(name)
-    attempts = [{"num_classes": num_classes, **kwargs}]
+    used = {"num_classes": num_classes, **kwargs}
     if img_size is not None and not name.startswith("cifar_"):
-        attempts.insert(0, {**attempts[0], "img_size": img_size})
-    for i, used in enumerate(attempts):
         try:
-            return timm.create_model(name, pretrained=False, **used), used
+            return timm.create_model(name, pretrained=False, **used, img_size=img_size), {**used, "img_size": img_size}
         except TypeError:
-            if i + 1 < len(attempts):
-                continue  # the model takes any input size
-            raise UsageError(f"backbone '{name}' cannot be built with {used}") from None
+            pass  # the model takes any input size
         except (ValueError, AssertionError) as err:
             raise UsageError(f"backbone '{name}' cannot be built: {err}") from None
-    raise AssertionError("unreachable")
+    try:
+        return timm.create_model(name, pretrained=False, **used), used
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UsageError(f"backbone '{name}' cannot be built: {err}") from None

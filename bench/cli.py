@@ -235,9 +235,9 @@ def cmd_speed(args: argparse.Namespace) -> int:
     for b in names:
         backbones.check_backbone(b)
     if args.csv is not None:
-        from bench.export import check_output
+        from bench.runs import check_output_file
 
-        check_output(args.csv, None, "--csv")
+        check_output_file(args.csv, None, "--csv")
     pack = None
     if args.pack is not None:
         pack = []

@@ -4,6 +4,7 @@ validation: the device, autocast (AMP), the SGD implementation, the step itself,
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 
 import torch
@@ -12,6 +13,13 @@ from torch import Tensor
 from bench.config import OptimConfig
 from bench.errors import UsageError, unknown
 from methods.base import Progress
+
+
+def choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`; else the one-line error naming setting `name` and a close match."""
+    if value not in choices:
+        raise unknown(name, value, choices)
+    return value
 
 
 def parse_device(name: str, kind: str = "device") -> torch.device | None:
@@ -43,8 +51,7 @@ def amp_name(dtype: torch.dtype | None) -> str:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp not in AMP_CHOICES:
-        raise unknown("compute.amp", amp, AMP_CHOICES)
+    choice("compute.amp", amp, AMP_CHOICES)
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16
@@ -57,8 +64,7 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
 
 def optimizer_impl(impl: str, device: torch.device) -> str:
     """The SGD implementation `compute.optimizer_impl` resolves to: auto is fused on CUDA, foreach elsewhere."""
-    if impl not in OPTIMIZER_IMPLS:
-        raise unknown("compute.optimizer_impl", impl, OPTIMIZER_IMPLS)
+    choice("compute.optimizer_impl", impl, OPTIMIZER_IMPLS)
     return ("fused" if device.type == "cuda" else "foreach") if impl == "auto" else impl
 
 
@@ -91,20 +97,26 @@ def set_cudnn_benchmark(setting: str, device: torch.device) -> bool:
     """`compute.cudnn_benchmark`: let cuDNN time its convolution algorithms per input shape and keep the fastest
     (auto: on for CUDA). The chosen algorithms may differ between processes, so bit-exact resume on CUDA wants
     `off` together with deterministic kernels."""
-    if setting not in CUDNN_BENCHMARK:
-        raise unknown("compute.cudnn_benchmark", setting, CUDNN_BENCHMARK)
-    enabled = setting == "on" or (setting == "auto" and device.type == "cuda")
+    enabled = choice("compute.cudnn_benchmark", setting, CUDNN_BENCHMARK) == "on" or (
+        setting == "auto" and device.type == "cuda")
     torch.backends.cudnn.benchmark = enabled
     return enabled
 
 
 def use_cuda_graphs(setting: str, device: torch.device, world: int = 1, compiled: bool = False) -> bool:
     """`compute.cuda_graphs`: auto is on for a single-process CUDA run that is not torch.compile'd."""
-    if setting not in CUDA_GRAPHS:
-        raise unknown("compute.cuda_graphs", setting, CUDA_GRAPHS)
+    choice("compute.cuda_graphs", setting, CUDA_GRAPHS)
     if setting == "on" and device.type != "cuda":
         raise UsageError("compute.cuda_graphs=on needs a CUDA device")
     return setting == "on" or (setting == "auto" and device.type == "cuda" and world == 1 and not compiled)
+
+
+def make_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, device: torch.device,
+              cuda_graphs: bool):
+    """The training step `(views, target, progress) -> (terms, total)`: a GraphedStep, or the eager step."""
+    if cuda_graphs:
+        return GraphedStep(module, optimizer, autocast, device)
+    return functools.partial(optimisation_step, module, optimizer, autocast)
 
 
 class GraphedStep:

@@ -126,10 +126,10 @@ _register(DatasetSpec("imagenet", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, pad=0,
 # device-resident loader for tensor datasets
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device | None = None) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator whose stream depends only on (seed, epoch): exact replay after a resume, and the same
     permutation, crops and flips whatever device the batches are made on (draws are moved there, a few bytes
-    per image). `device` is accepted for compatibility and ignored."""
+    per image)."""
     gen = torch.Generator()
     gen.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**63))
     return gen

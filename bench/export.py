@@ -12,7 +12,6 @@ export one of their networks instead.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from bench.errors import UsageError, did_you_mean
 FORMATS = {"safetensors": "safetensors", "torchscript": "pt", "onnx": "onnx"}
 SCHEMA = "okd-bench-export/1"
 DEPLOYED = "deployed"  # <run>/deployed.safetensors + deployed.json: the headline model, written by every run
-LOGIT_TOLERANCE = 1e-5
+REFUSE_LOGIT_GAP = 1e-4  # a reassembled network further than this from the run's own logits is not written
 
 
 @dataclass
@@ -175,13 +174,12 @@ def load_finished_run(folder: Path):
         raise UsageError(f"{folder} is not a finished run (status: {summary['status']}); only done runs export")
     if not (folder / runs.CHECKPOINT).is_file():
         raise UsageError(f"{folder} has no {runs.CHECKPOINT}: its weights were not kept, nothing to export")
-    from backbones import create_backbone
+    from backbones import backbone_factory
     from bench.data import DATASETS
 
     spec = DATASETS.get(cfg.dataset)
     torch.manual_seed(0)
-    method = build_method(cfg.method, lambda: create_backbone(cfg.backbone, spec.num_classes,
-                                                              img_size=spec.image_size),
+    method = build_method(cfg.method, backbone_factory(cfg.backbone, spec.num_classes, spec.image_size),
                           spec.num_classes, cfg.options)
     load_method_weights(method, folder / runs.CHECKPOINT, cfg.epochs)
     return summary, cfg, method.eval()
@@ -206,23 +204,6 @@ def reevaluate(net: Network, method, name: str, cfg) -> tuple[dict[str, float], 
     return {"top1_error": 100.0 * (n - top1) / n, "top5_error": 100.0 * (n - top5) / n}, gap
 
 
-def check_output(path: Path, folder: Path | None, flag: str = "--out") -> None:
-    """An output file path that can be written: not a folder, in an existing writable folder, and never one of
-    a run's own files."""
-    import os
-
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
-    if folder is not None and path.resolve() in {(folder / n).resolve() for n in runs.RUN_FILES}:
-        raise UsageError(f"--out {path} would overwrite the run's own {path.name}")
-
-
 def export_run(folder: Path, model: str | None = None, fmt: str = "safetensors", out: Path | None = None) -> int:
     """`bench export`: check everything, rebuild the network, prove it is the reported one, write it."""
     check_format(fmt)
@@ -236,9 +217,9 @@ def export_run(folder: Path, model: str | None = None, fmt: str = "safetensors",
     net = plain_network(method, name, cfg.backbone, cfg.dataset)
     stem = DEPLOYED if name == summary["headline_model"] else f"{DEPLOYED}_{name}"
     path = Path(out) if out else folder / f"{stem}.{FORMATS[fmt]}"
-    check_output(path, folder)
+    runs.check_output_file(path, folder)
     errors, gap = reevaluate(net, method, name, cfg)
-    if gap > LOGIT_TOLERANCE * 10:
+    if gap > REFUSE_LOGIT_GAP:
         raise UsageError(f"the reassembled {name} does not reproduce the run's logits (max difference {gap:.2e}); "
                          "not written")
     meta = write_export(net, summary, name, path, fmt)
@@ -251,7 +232,3 @@ def export_run(folder: Path, model: str | None = None, fmt: str = "safetensors",
           f"{reported['top5_error']:.2f}%{note}; max |logit difference| {gap:.1e}")
     print(f"  how to load it: {meta}")
     return 0
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -204,15 +204,18 @@ def load_profile(path: Path) -> dict[str, Any]:
 # the sweep manifest and queue state
 
 
-def read_manifest(out: Path, warn: bool = True) -> dict[str, Any]:
-    """sweep.json, validated; a malformed one reads as empty (with a warning naming it)."""
+def read_manifest(out: Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """sweep.json, validated; a malformed one reads as empty, named in `notes` (or printed as a warning)."""
     from bench.records import Malformed, load_manifest
 
     try:
         return load_manifest(out)
     except Malformed as err:
-        if warn:
-            print(f"warning: {err}; read as empty", file=sys.stderr)
+        note = f"{err}; read as empty"
+        if notes is None:
+            print(f"warning: {note}", file=sys.stderr)
+        else:
+            notes.append(note)
         return {"runs": {}}
 
 
@@ -347,15 +350,28 @@ STALE_TEMP_S = 600.0  # a sweep-level temp file this old belongs to a killed wri
 
 def clear_launcher(out: Path, me: dict) -> None:
     try:
-        if read_manifest(out, warn=False).get("launcher_process") == me:
+        if read_manifest(out, notes=[]).get("launcher_process") == me:
             update_manifest(out, launcher_process=None)
     except OSError:
         pass
 
 
+def already_running(result: Any) -> bool:
+    """Whether a job's result says another process holds its run."""
+    return isinstance(result, dict) and result.get("status") == ALREADY_RUNNING
+
+
+def finish_job(out: Path, i: int, n: int, spec: RunSpec, seconds: float, result: Any) -> bool:
+    """A launched job has ended: point the run's records back at the holder where the job found its run held,
+    and print its line; True when the run did not end `done`."""
+    if already_running(result):
+        restore_holder(out, spec, result)
+    return _print_result(i, n, spec, seconds, result)
+
+
 def _print_result(i: int, n: int, spec: RunSpec, seconds: float, result: Any = None) -> bool:
     """One line per finished run; True when the run did not end `done`. `result`: what the job returned."""
-    if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
+    if already_running(result):
         holder = result.get("holder") or {}
         print(f"[{i}/{n}] {spec.label}: skipped, already running elsewhere (pid {holder.get('pid')} on "
               f"{holder.get('host')}, job {holder.get('job_id')})", file=sys.stderr)
@@ -423,10 +439,8 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
                 del running[job_id]
                 free.append(slot)
                 finished += 1
-                result = _job_result(job)
-                if isinstance(result, dict) and result.get("status") == ALREADY_RUNNING:
-                    restore_holder(out, spec, result)
-                failed += _print_result(finished, len(todo), spec, time.perf_counter() - t0[job_id], result)
+                failed += finish_job(out, finished, len(todo), spec, time.perf_counter() - t0[job_id],
+                                     _job_result(job))
     return failed
 
 
@@ -465,27 +479,24 @@ def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: d
     k = opts.runs_per_device
     groups = [todo[i:i + k] for i in range(0, len(todo), k)]  # one array task (one GPU) per K runs
     jobs = executor.map_array(RunJob(), todo) if k == 1 else executor.map_array(RunGroupJob(), groups)
-    members = [[s] for s in todo] if k == 1 else groups
-    for job, group in zip(jobs, members):
+    for job, group in zip(jobs, groups):
         for spec in group:
             runs.write_json(spec.folder / JOB_RECORD, {"launcher": "slurm", "job_id": job.job_id})
     update_manifest(out, runs={rel(s, out): {"launcher": "slurm", "job_id": j.job_id}
-                               for j, group in zip(jobs, members) for s in group})
+                               for j, group in zip(jobs, groups) for s in group})
     print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(todo)} runs in {len(jobs)} tasks); "
           f"'bench status {out}' to follow, 'bench cancel {out}' to stop")
     if not opts.wait:
         return None
     failed, started, finished = 0, time.perf_counter(), 0
-    by_id = {job.job_id: group for job, group in zip(jobs, members)}
+    by_id = {job.job_id: group for job, group in zip(jobs, groups)}
     for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
         result = _job_result(job)
         group = by_id[job.job_id]
         results = result if isinstance(result, list) else [result] * len(group)
         for spec, one in zip(group, results):
-            if isinstance(one, dict) and one.get("status") == ALREADY_RUNNING:
-                restore_holder(out, spec, one)
             finished += 1
-            failed += _print_result(finished, len(todo), spec, time.perf_counter() - started, one)
+            failed += finish_job(out, finished, len(todo), spec, time.perf_counter() - started, one)
     return failed
 
 

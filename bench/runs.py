@@ -114,6 +114,21 @@ def find_run_folders(root: Path, markers: tuple[str, ...] = RUN_FILES) -> set[Pa
     return found
 
 
+def check_output_file(path: Path, folder: Path | None, flag: str = "--out") -> None:
+    """An output file path that can be written: not a folder, in an existing writable folder, and never one of
+    a run's own files."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
+    if folder is not None and path.resolve() in {(Path(folder) / n).resolve() for n in RUN_FILES}:
+        raise UsageError(f"--out {path} would overwrite the run's own {path.name}")
+
+
 def run_status(path: Path) -> str:
     """'done', 'failed', 'diverged' (from summary.json), 'corrupt' (a summary.json that does not validate),
     'partial' (started) or 'missing'."""
@@ -232,9 +247,9 @@ class AlreadyRunning(Exception):
         self.holder = holder
 
 
-def lock_holder(folder: Path) -> dict | None:
+def lock_holder(folder: Path, notes: list[str] | None = None) -> dict | None:
     """The record of a live process holding the run, or None (no record, a dead holder, or a record that cannot
-    be read: a malformed running.json is no lock).
+    be read: a malformed running.json is no lock, and is named in `notes` when given).
 
     On this host the record's process identity (pid and start time) must be alive; from another host (a shared
     file system) its heartbeat must be recent. A requeued SLURM job (same job id, new process) is not another
@@ -243,7 +258,9 @@ def lock_holder(folder: Path) -> dict | None:
 
     try:
         record = load_lock(folder)
-    except Malformed:
+    except Malformed as err:
+        if notes is not None:
+            notes.append(f"{err}; not taken as a lock")
         return None
     if record is None:
         return None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -96,19 +95,19 @@ class TrainPath:
     round_batches: Callable[[], Iterator]
     autocast: Callable
     device: torch.device
+    cuda_graphs: bool = False
     step: int = 0
-    step_fn: Callable | None = None  # (views, target, progress) -> terms; default: the eager optimisation_step
+
+    def __post_init__(self) -> None:
+        from bench.compute import make_step
+
+        self.step_fn = make_step(self.method, self.optimizer, self.autocast, self.device, self.cuda_graphs)
 
     def train_step(self, batches: Iterator) -> None:
-        from bench.compute import optimisation_step
-
         views, target = next(batches)
         views = [v.to(self.device, non_blocking=True) for v in views]
         target = target.to(self.device, non_blocking=True)
-        if self.step_fn is not None:
-            self.step_fn(views, target, Progress(100.0, self.step))
-        else:
-            optimisation_step(self.method, self.optimizer, self.autocast, views, target, Progress(100.0, self.step))
+        self.step_fn(views, target, Progress(100.0, self.step))
         self.step += 1
         self.method.after_step(self.step)
 
@@ -189,14 +188,7 @@ def harness_path(method_name: str, backbone: str, device: torch.device, batch_si
     """The harness's training path as the trainer builds it (device-resident data, AMP, memory format, SGD
     implementation, CUDA graphs); returns it and its endless batch iterator."""
     from backbones import create_backbone
-    from bench.compute import (
-        GraphedStep,
-        autocast_context,
-        autocast_dtype,
-        build_optimizer,
-        optimizer_impl,
-        use_cuda_graphs,
-    )
+    from bench.compute import autocast_context, autocast_dtype, build_optimizer, optimizer_impl, use_cuda_graphs
     from bench.config import OptimConfig
 
     amp_dtype = autocast_dtype(amp, device)
@@ -212,8 +204,8 @@ def harness_path(method_name: str, backbone: str, device: torch.device, batch_si
     def autocast():
         return autocast_context(device, amp_dtype)
 
-    step_fn = GraphedStep(method, optim, autocast, device) if use_cuda_graphs(cuda_graphs, device) else None
-    return TrainPath("harness", method.train(), optim, lambda: batches, autocast, device, step_fn=step_fn), batches
+    graphs = use_cuda_graphs(cuda_graphs, device)
+    return TrainPath("harness", method.train(), optim, lambda: batches, autocast, device, graphs), batches
 
 
 def measure(method_name: str, backbone: str, device: torch.device, batch_size: int = 128, amp: str = "auto",
@@ -268,7 +260,7 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         "harness_peak_mb": peak["harness"], "reference_peak_mb": peak["reference"],
         "train_gflop_per_img": flops / 1e9, "harness_tflop_s": flops * img_s["harness"] / 1e12,
         "amp": amp_name(amp_dtype), "channels_last": channels_last,
-        "optimizer_impl": impl, "cuda_graphs": harness.step_fn is not None,
+        "optimizer_impl": impl, "cuda_graphs": harness.cuda_graphs,
         "peak_tflop_s": peak_tflops(device, amp_dtype),
     }
 
@@ -296,10 +288,12 @@ def peak_tflops(device: torch.device, amp_dtype) -> float | None:
 def _packed_worker(index: int, args: tuple, barrier, results) -> None:
     """One of K processes training the same method side by side on one device: warm up, meet the others at the
     barrier, then time `steps` steps; reports its (start, end) wall-clock times."""
-    method_name, backbone, device_name, batch_size, amp, channels_last, optimizer, cuda_graphs, steps = args
+    from bench.compute import set_cudnn_benchmark
+
+    method_name, backbone, device_name, batch_size, amp, channels_last, optimizer, cuda_graphs, cudnn, steps = args
     device = torch.device(device_name)
     torch.set_num_threads(1)
-    torch.backends.cudnn.benchmark = os.environ.get("OKD_BENCH_CUDNN_BENCHMARK") == "on"
+    set_cudnn_benchmark(cudnn, device)
     path, _ = harness_path(method_name, backbone, device, batch_size, amp, channels_last, optimizer, cuda_graphs,
                            index, synthetic_cifar(batch_size, index))
     path.train_round(max(4, steps // 2))  # warm-up (and CUDA graph capture)
@@ -311,13 +305,14 @@ def _packed_worker(index: int, args: tuple, barrier, results) -> None:
 
 def measure_packed(method_name: str, backbone: str, device: torch.device, k: int, batch_size: int = 128,
                    amp: str = "auto", channels_last: bool = True, optimizer: str = "auto", cuda_graphs: str = "auto",
-                   steps: int = 40) -> float:
+                   cudnn_benchmark: str = "auto", steps: int = 40) -> float:
     """Aggregate images/s of `k` processes training at once on `device` (what --runs-per-device K buys)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(k), ctx.Queue()
-    args = (method_name, backbone, str(device), batch_size, amp, channels_last, optimizer, cuda_graphs, steps)
+    args = (method_name, backbone, str(device), batch_size, amp, channels_last, optimizer, cuda_graphs,
+            cudnn_benchmark, steps)
     procs = [ctx.Process(target=_packed_worker, args=(i, args, barrier, results)) for i in range(k)]
     for p in procs:
         p.start()
@@ -367,7 +362,6 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
 
     device = resolve_device(device_name)
     benchmark = set_cudnn_benchmark(cudnn_benchmark, device)
-    os.environ["OKD_BENCH_CUDNN_BENCHMARK"] = "on" if benchmark else "off"  # for the packed processes
     if batch_size < 2:
         raise UsageError(f"--batch-size must be at least 2, got {batch_size}")
     for flag, value, least in (("--rounds", rounds, 1), ("--steps", steps, 1), ("--workers", workers, 0)):
@@ -391,7 +385,7 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
                           workers=workers, cuda_graphs=cuda_graphs)
             for k in pack:
                 row[f"packed{k}_img_s"] = measure_packed(method, backbone, device, k, batch_size, amp, channels_last,
-                                                         optimizer, cuda_graphs)
+                                                         optimizer, cuda_graphs, cudnn_benchmark)
             rows.append(row)
             mem = ("-" if row["harness_peak_mb"] is None
                    else f"{row['harness_peak_mb']:.0f}/{row['reference_peak_mb']:.0f}")

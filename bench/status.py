@@ -42,17 +42,13 @@ def run_folders(out: Path, manifest: dict) -> list[str]:
 def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
     """One record per run: run, state, epoch, epochs, job, elapsed_s, error. A file that does not validate is
     named in `warnings` (when given) and its run shown as 'corrupt' or read without it; nothing raises."""
-    from bench.records import Malformed, load_config, load_manifest, load_metrics, load_summary
+    from bench.records import Malformed, load_config, load_metrics, load_summary
 
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"sweep folder not found: {out}")
     notes = warnings if warnings is not None else []
-    try:
-        manifest = load_manifest(out)
-    except Malformed as err:
-        notes.append(f"{err}; read as empty")
-        manifest = {"runs": {}}
+    manifest = read_manifest(out, notes)
     entries = manifest.get("runs", {})
     slurm_ids = [e["job_id"] for e in entries.values() if e.get("launcher") == "slurm" and e.get("job_id")]
     queued = slurm_queue(slurm_ids)
@@ -60,30 +56,28 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
     records = []
     for name in run_folders(out, manifest):
         folder = out / name
-        entry = entries.get(name, {})
-        job_id = entry.get("job_id")
+        job_id = entries.get(name, {}).get("job_id")
         rec = {"run": name, "job": job_id or "", "epoch": 0, "epochs": None, "elapsed_s": None, "error": ""}
-        summary = config = None
-        for load in (load_summary, load_config, load_metrics):
+        bad: list[Malformed] = []
+
+        def read(load, default=None, folder=folder, bad=bad):
             try:
-                value = load(folder)
+                return load(folder)
             except Malformed as err:
+                bad.append(err)
                 notes.append(str(err))
-                rec["error"] = f"{err.path.name}: {err.problem}"
-                if load is load_summary:
-                    rec["state"] = "corrupt"
-                continue
-            if load is load_summary:
-                summary = value
-            elif load is load_config:
-                config = value
-            else:
-                rec["epoch"] = len(value)
+                return default
+
+        summary = read(load_summary)
+        corrupt = bool(bad)
+        config = read(load_config)
+        rec["epoch"] = len(read(load_metrics, []))
+        if bad:
+            rec["error"] = f"{bad[0].path.name}: {bad[0].problem}"
         rec["epochs"] = (summary or {}).get("epochs") or (config.epochs if config is not None else None)
-        holder = runs.lock_holder(folder)
-        _lock_note(folder, notes)
-        if rec.get("state") == "corrupt":
-            pass
+        holder = runs.lock_holder(folder, notes)
+        if corrupt:
+            rec["state"] = "corrupt"
         elif summary is not None:
             rec["state"] = summary["status"]
             rec["elapsed_s"] = summary.get("wall_clock_s")
@@ -102,15 +96,6 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
             rec["state"] = "pending" if job_id else "missing"
         records.append(rec)
     return records
-
-
-def _lock_note(folder: Path, notes: list[str]) -> None:
-    from bench.records import Malformed, load_lock
-
-    try:
-        load_lock(folder)
-    except Malformed as err:
-        notes.append(f"{err}; not taken as a lock")
 
 
 def _elapsed(seconds: float | None) -> str:

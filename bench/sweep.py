@@ -93,7 +93,7 @@ def check_builds(specs: list[RunSpec]) -> None:
     every backbone that cannot run on the dataset's images fails here, before any run starts."""
     import torch
 
-    from backbones import create_backbone
+    from backbones import backbone_factory
     from bench.data import DATASETS
     from methods import build_method
     from methods.base import Progress
@@ -109,8 +109,8 @@ def check_builds(specs: list[RunSpec]) -> None:
             seen.add(key)
             data = DATASETS.get(c.dataset)
             try:
-                method = build_method(c.method, lambda c=c, data=data: create_backbone(
-                    c.backbone, data.num_classes, img_size=data.image_size), data.num_classes, c.options)
+                method = build_method(c.method, backbone_factory(c.backbone, data.num_classes, data.image_size),
+                                      data.num_classes, c.options)
             except UsageError as err:
                 raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
             views = [torch.zeros(2, 3, data.image_size, data.image_size) for _ in range(method.views)]
@@ -130,16 +130,13 @@ def check_compute(compute) -> None:
     them for the CPU checks the names; whether the device is present is for the machine that runs)."""
     import torch
 
-    from bench.compute import CUDA_GRAPHS, CUDNN_BENCHMARK, autocast_dtype, optimizer_impl, parse_device
-    from bench.errors import unknown
+    from bench.compute import CUDA_GRAPHS, CUDNN_BENCHMARK, autocast_dtype, choice, optimizer_impl, parse_device
 
     autocast_dtype(compute.amp, torch.device("cpu"))
     optimizer_impl(compute.optimizer_impl, torch.device("cpu"))
     parse_device(compute.device, "compute.device")
-    if compute.cuda_graphs not in CUDA_GRAPHS:
-        raise unknown("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)
-    if compute.cudnn_benchmark not in CUDNN_BENCHMARK:
-        raise unknown("compute.cudnn_benchmark", compute.cudnn_benchmark, CUDNN_BENCHMARK)
+    choice("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)  # (whether it applies: on the running machine)
+    choice("compute.cudnn_benchmark", compute.cudnn_benchmark, CUDNN_BENCHMARK)
 
 
 def check_device_here(compute) -> None:

@@ -10,7 +10,6 @@ states are restored, so a resumed run reproduces the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import platform
 import random
@@ -26,13 +25,12 @@ import yaml
 
 from bench import records, runs
 from bench.compute import (
-    GraphedStep,
     amp_name,
     autocast_context,
     autocast_dtype,
     build_optimizer,
     device_name,
-    optimisation_step,
+    make_step,
     optimizer_impl,
     resolve_device,
     set_cudnn_benchmark,
@@ -189,7 +187,7 @@ class Trainer:
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
-        from backbones import create_backbone
+        from backbones import backbone_factory
         from bench.data import DATASETS, build_loaders
 
         cfg = self.cfg
@@ -204,9 +202,7 @@ class Trainer:
         spec = DATASETS.get(cfg.dataset)
         seed_everything(cfg.seed)
 
-        def factory() -> torch.nn.Module:
-            return create_backbone(cfg.backbone, spec.num_classes, img_size=spec.image_size)
-
+        factory = backbone_factory(cfg.backbone, spec.num_classes, spec.image_size)
         self.method: OnlineKDMethod = build_method(cfg.method, factory, spec.num_classes, cfg.options)
         memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format
         self.method.to(self.device, memory_format=memory_format)
@@ -224,10 +220,7 @@ class Trainer:
         self.optimizer = build_optimizer([p for p in self.method.parameters() if p.requires_grad], cfg.optim,
                                          self.optimizer_impl)
         self.cuda_graphs = use_cuda_graphs(cfg.compute.cuda_graphs, self.device, self.world, cfg.compute.compile)
-        if self.cuda_graphs:
-            self.step_fn = GraphedStep(self.train_module, self.optimizer, self.autocast, self.device)
-        else:
-            self.step_fn = functools.partial(optimisation_step, self.train_module, self.optimizer, self.autocast)
+        self.step_fn = make_step(self.train_module, self.optimizer, self.autocast, self.device, self.cuda_graphs)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
 
     def autocast(self):

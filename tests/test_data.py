@@ -152,7 +152,7 @@ def test_loader_batches_equal_torchvision_math_on_the_same_crops():
     loader = TensorTrainLoader(TensorSplit(images, torch.arange(20)), spec, 8, 1, seed=5, device=CPU,
                                channels_last=False)
     (batch,), target = next(iter(loader.epoch(2)))
-    gen = epoch_generator(5, 2, CPU)
+    gen = epoch_generator(5, 2)
     order = torch.randperm(20, generator=gen)[:8]
     expected = Normalize(spec.mean, spec.std, CPU, False)(crop_flip(images[order], spec.pad, True, gen))
     assert torch.equal(target, order) and torch.allclose(batch, expected, atol=1e-6)

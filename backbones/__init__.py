@@ -2,13 +2,15 @@
 
 `import backbones` registers `cifar_resnet8/32/110`, `cifar_wrn_20_8`, `cifar_vgg16` and
 `cifar_densenet40_12`; after that `timm.create_model(name, num_classes=...)` builds any of them, and any
-other timm model name works too.
+other timm model name works too. A plug-in adds its own with `@register_backbone` (timm's `register_model`,
+refusing a name that is taken).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import timm
 from torch import nn
@@ -19,11 +21,26 @@ from bench.errors import UsageError, unknown
 CIFAR_BACKBONES = [
     "cifar_resnet8", "cifar_resnet32", "cifar_resnet110", "cifar_wrn_20_8", "cifar_vgg16", "cifar_densenet40_12",
 ]
+PLUGIN_BACKBONES: list[str] = []  # registered by plug-ins, in the order they came
+
+
+def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator for a plug-in's model function `name(pretrained=False, **kwargs) -> nn.Module` (a timm-style
+    model: `forward_features`, `forward_head(pre_logits=...)`, `feature_info` to be split into branches):
+    registers it into timm under the function's name, which must not be taken yet."""
+    name = fn.__name__
+    if timm.is_model(name):
+        raise ValueError(f"backbone name '{name}' is already taken (a timm or okd-bench model); register it "
+                         "under another name")
+    timm.models.register_model(fn)
+    PLUGIN_BACKBONES.append(name)
+    return fn
 
 
 def list_backbones() -> list[str]:
-    """CIFAR backbones first, then every other architecture timm registers."""
-    return CIFAR_BACKBONES + [n for n in timm.list_models() if n not in CIFAR_BACKBONES]
+    """CIFAR backbones first, then plug-ins' backbones, then every other architecture timm registers."""
+    first = CIFAR_BACKBONES + PLUGIN_BACKBONES
+    return first + [n for n in timm.list_models() if n not in first]
 
 
 def check_backbone(name: str) -> None:
@@ -37,9 +54,11 @@ def create_backbone(name: str, num_classes: int, img_size: int | None = None, **
     return create_backbone_with_kwargs(name, num_classes, img_size, **kwargs)[0]
 
 
-def backbone_factory(name: str, num_classes: int, img_size: int | None = None) -> Callable[[], nn.Module]:
-    """A method's backbone factory: each call builds a freshly initialised `create_backbone(name, ...)`."""
-    return functools.partial(create_backbone, name, num_classes, img_size)
+def backbone_factory(name: str, num_classes: int, img_size: int | None = None,
+                     **kwargs: Any) -> Callable[[], nn.Module]:
+    """A method's backbone factory: each call builds a freshly initialised `create_backbone(name, ...)`;
+    `kwargs` (the config's `backbone_options`, e.g. `drop_rate`) go to the model's constructor."""
+    return functools.partial(create_backbone, name, num_classes, img_size, **kwargs)
 
 
 def create_backbone_with_kwargs(name: str, num_classes: int, img_size: int | None = None,
@@ -59,3 +78,23 @@ def create_backbone_with_kwargs(name: str, num_classes: int, img_size: int | Non
         return timm.create_model(name, pretrained=False, **used), used
     except (TypeError, ValueError, AssertionError) as err:
         raise UsageError(f"backbone '{name}' cannot be built: {err}") from None
+
+
+INPUT_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+def smallest_input_size(name: str, num_classes: int, **kwargs: Any) -> int | None:
+    """The smallest square input (among common sizes) a backbone builds for and runs a forward pass on, or None
+    when none up to 512 works. Used to turn "kernel size can't be greater than actual input size" into the
+    `data.image_size` that fixes it."""
+    import torch
+
+    for size in INPUT_SIZES:
+        try:
+            model = create_backbone(name, num_classes, size, **kwargs).eval()
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+            return size
+        except (RuntimeError, ValueError, AssertionError, UsageError, TypeError):
+            continue
+    return None

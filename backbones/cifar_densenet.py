@@ -35,7 +35,7 @@ def _transition(in_chs: int, out_chs: int) -> nn.Module:
 class CifarDenseNet(CifarNet):
     def __init__(self, growth: int = 12, block_layers: tuple[int, ...] = (6, 6, 6), bn_size: int = 4,
                  compression: float = 0.5, init_features: int = 24, num_classes: int = 100,
-                 in_chans: int = 3, drop_rate: float = 0.0, **_: Any) -> None:
+                 in_chans: int = 3, drop_rate: float = 0.0) -> None:
         super().__init__(num_classes, in_chans, drop_rate)
         self.conv1 = nn.Conv2d(in_chans, init_features, 3, padding=1, bias=False)
         chs, self.feature_modules, self.feature_info = init_features, ["conv1"], []

@@ -64,7 +64,7 @@ class Bottleneck(nn.Module):
 
 class CifarResNet(CifarNet):
     def __init__(self, block: type[nn.Module], layers: tuple[int, int, int], width_factor: int = 1,
-                 num_classes: int = 100, in_chans: int = 3, drop_rate: float = 0.0, **_: Any) -> None:
+                 num_classes: int = 100, in_chans: int = 3, drop_rate: float = 0.0) -> None:
         super().__init__(num_classes, in_chans, drop_rate)
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

@@ -17,8 +17,7 @@ VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 
 class CifarVGG(CifarNet):
     def __init__(self, blocks: tuple[tuple[int, ...], ...] = VGG16_BLOCKS, num_classes: int = 100,
-                 in_chans: int = 3, drop_rate: float = 0.0, classifier_dropout: float = 0.0,
-                 **_: Any) -> None:
+                 in_chans: int = 3, drop_rate: float = 0.0, classifier_dropout: float = 0.0) -> None:
         super().__init__(num_classes, in_chans, drop_rate=0.0)
         self.classifier_dropout = classifier_dropout or drop_rate
         in_chs, self.feature_info, self.feature_modules = in_chans, [], []

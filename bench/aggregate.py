@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -27,8 +28,16 @@ DISPLAY = {"vanilla": "Vanilla", "dml": "DML", "cl": "CL", "one": "ONE", "okddip
 
 
 def display_name(method: str) -> str:
+    """A method's row name: the name its runs recorded (summary.json `display_name`, set by the method class,
+    e.g. a plug-in's), else the built-in one, else the registered name."""
     base, ensemble = (method[:-2], True) if method.endswith("-E") else (method, False)
     return DISPLAY.get(base, base) + ("-E" if ensemble else "")
+
+
+def remember_display_name(method: str, name: Any) -> None:
+    """Record the display name a run of `method` wrote (runs of methods no longer installed keep their name)."""
+    if isinstance(name, str) and name.strip() and method not in PAPER_ORDER:
+        DISPLAY[method] = name.strip()
 
 
 def row_order(method_row: str) -> tuple[int, int, str]:
@@ -101,6 +110,7 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             notes.append(f"unfinished run (no summary.json): {folder}")
             continue
         ident = {k: summary[k] for k in ("dataset", "backbone", "method", "seed")}
+        remember_display_name(summary["method"], summary.get("display_name"))
         params = summary.get("params") or {}
         run_rows.append({**ident, "status": summary["status"], "folder": str(folder),
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),

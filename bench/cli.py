@@ -42,7 +42,8 @@ def default_preset(datasets: list[str] | None) -> str:
 def add_grid_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the grid (stable interface)")
     g.add_argument("--methods", help="comma-separated, e.g. pcl,one (see 'bench list')")
-    g.add_argument("--datasets", help="comma-separated: digits, cifar10, cifar100, imagenet")
+    g.add_argument("--datasets", help="comma-separated: digits, cifar10, cifar100, svhn, stl10, tinyimagenet, "
+                                      "imagenet, or NAME=imagefolder:ROOT for your own images")
     g.add_argument("--backbones", help="comma-separated timm names, e.g. cifar_resnet32,resnet18")
     g.add_argument("--seeds", help="comma-separated non-negative integers, e.g. 0,1,2")
     g.add_argument("--epochs", type=int, help="training epochs of every run")
@@ -50,6 +51,7 @@ def add_grid_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", help="demo, paper or imagenet (default: from the datasets)")
     o = p.add_argument_group("more")
     o.add_argument("--config", help="a YAML file of settings (same keys as the presets)")
+    add_plugin_flag(o)
     o.add_argument("--data-root", help="folder holding the datasets (default: data)")
     o.add_argument("--download", action="store_true", help="download CIFAR when missing (needs network)")
     o.add_argument("--device", help="auto, cpu, cuda, cuda:N")
@@ -58,8 +60,26 @@ def add_grid_flags(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. optim.lr=0.05 pcl.temperature=4 compute.amp=off")
 
 
+def add_plugin_flag(p) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE.py",
+                   help="import a plug-in that registers methods, backbones or datasets (repeatable)")
+
+
+def load_cli_plugins(args: argparse.Namespace, from_config: list[str] | None = None,
+                     config_dir: Path | None = None) -> list[str]:
+    """Installed plug-ins (entry points), then the config file's `plugins:` (relative to its folder), then
+    --plugin ones (relative to the working directory), imported in that order; returns the resolved specs."""
+    from bench import plugins
+
+    specs = [plugins.resolve_spec(s, config_dir) for s in from_config or []]
+    specs += [plugins.resolve_spec(s) for s in getattr(args, "plugin", []) or []]
+    specs = list(dict.fromkeys(specs))
+    plugins.load_plugins(specs)
+    return specs
+
+
 def build_sweep(args: argparse.Namespace):
-    from bench.config import SweepConfig, from_dict, load_preset, load_yaml, parse_override
+    from bench.config import SweepConfig, from_dict, load_preset, load_yaml, parse_override, split_dataset_sources
     from methods import METHODS
 
     for flag in ("methods", "datasets", "backbones", "seeds", "out", "preset", "data_root", "device", "config"):
@@ -71,6 +91,7 @@ def build_sweep(args: argparse.Namespace):
     sweep = from_dict(SweepConfig, load_preset(preset), where=f"preset '{preset}'")
     if args.config:
         sweep = from_dict(SweepConfig, load_yaml(args.config), where=str(args.config), base=sweep)
+    sweep.plugins = load_cli_plugins(args, sweep.plugins, Path(args.config).parent if args.config else None)
     flags: dict = {}
     if args.methods is not None:
         flags["methods"] = parse_names(args.methods, "methods")
@@ -97,9 +118,12 @@ def build_sweep(args: argparse.Namespace):
         flags["compute"] = {"device": args.device}
     sweep = from_dict(SweepConfig, flags, where="command line", base=sweep)
     for text in args.overrides:
+        if text.split("=", 1)[0].strip() == "plugins":
+            raise UsageError(f"override '{text}': plug-ins are loaded before overrides are read; use --plugin FILE "
+                             "or plugins: in a --config file")
         sweep = from_dict(SweepConfig, parse_override(text, METHODS.names()), where=f"override '{text}'",
                           base=sweep)
-    return sweep, preset
+    return split_dataset_sources(sweep), preset
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -129,18 +153,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     import dataclasses
 
     import backbones
+    from bench import plugins
     from bench.config import preset_names
     from bench.data import DATASETS
     from methods import METHODS, PAPER_ORDER
 
+    load_cli_plugins(args)
+    for rec in plugins.loaded():
+        print(f"plug-in {rec['name']} ({rec['source']}: {rec['file'] or '-'})")
     print("methods (options and defaults; set with <method>.<option>=value):")
     for name in sorted(METHODS.names(), key=lambda n: PAPER_ORDER.index(n) if n in PAPER_ORDER else 99):
         cls = METHODS.get(name)
         opts = ", ".join(f"{f.name}={getattr(cls.Options(), f.name)!r}" for f in dataclasses.fields(cls.Options))
         print(f"  {name:<9} headline: {cls.headline or '-':<14} {opts}")
-    others = [n for n in backbones.list_backbones() if n not in backbones.CIFAR_BACKBONES]
+    others = [n for n in backbones.list_backbones() if n not in backbones.CIFAR_BACKBONES + backbones.PLUGIN_BACKBONES]
     print("backbones (CIFAR networks first; any timm model name works):")
-    print("  " + ", ".join(backbones.CIFAR_BACKBONES))
+    print("  " + ", ".join(backbones.CIFAR_BACKBONES + backbones.PLUGIN_BACKBONES))
     if args.all:
         print("  " + ", ".join(others))
     else:
@@ -148,7 +176,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:")
     for name in DATASETS.names():
         spec = DATASETS.get(name)
-        print(f"  {name:<9} {spec.num_classes:>4} classes  {spec.description}")
+        print(f"  {name:<12} {spec.num_classes:>4} classes  {spec.description}")
+    print("  NAME=imagefolder:ROOT   your images: ROOT/train/<class>/*, ROOT/val/<class>/* (any format Pillow reads)")
+    print("  NAME=tinyimagenet:ROOT  Tiny-ImageNet as distributed (val/ labelled by val_annotations.txt)")
     print("presets: " + ", ".join(preset_names()))
     return 0
 
@@ -228,6 +258,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from bench.speed import run_speed
     from methods import METHODS
 
+    load_cli_plugins(args)
     methods = parse_names(args.methods, "methods")
     for m in methods:
         METHODS.get(m)
@@ -321,6 +352,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-table", action="store_true",
                    help="also estimate the GPU-hours of the PCL paper's CIFAR-100 table from measured rates")
     p.add_argument("--csv", type=Path, help="write the results as CSV")
+    add_plugin_flag(p)
     p.set_defaults(func=cmd_speed)
 
     p = sub.add_parser("export", help="a finished run's eval model as a plain timm network (safetensors, "
@@ -333,6 +365,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="registered methods, backbones, datasets and presets")
     p.add_argument("--all", action="store_true", help="list every timm backbone")
+    add_plugin_flag(p)
     p.set_defaults(func=cmd_list)
     return parser
 

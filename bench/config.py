@@ -40,6 +40,21 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     workers: int = 4
+    image_size: Any = 0  # resize every image once to this square size (0: the dataset's own); checked in sweep
+    resident_gb: float = 8.0  # a dataset whose augmented store fits in this many GB is held whole on the device
+
+
+@dataclass
+class DatasetSource:
+    """Where a dataset named on the command line comes from: `NAME=imagefolder:ROOT` (ROOT/train/<class>/*,
+    ROOT/val/<class>/*) or `NAME=tinyimagenet:ROOT` (Tiny-ImageNet as distributed)."""
+
+    kind: str = "imagefolder"
+    root: str = ""
+    mean: list[float] = field(default_factory=list)  # empty: computed once from the training split, cached
+    std: list[float] = field(default_factory=list)
+    pad: int = -1  # zero padding of the random crop; -1: image size // 8 (CIFAR's 4 at 32)
+    flip: bool = True
 
 
 @dataclass
@@ -62,6 +77,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the backbone, e.g.
+    # drop_rate (timm) or classifier_dropout (cifar_vgg16: 0.5 in every branch classifier, as official OKDDip)
+    plugins: list[str] = field(default_factory=list)  # plug-in modules or .py files (see bench.plugins)
 
 
 @dataclass
@@ -73,6 +91,8 @@ class RunConfig(TrainConfig):
     dataset: str = "cifar100"
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    dataset_source: DatasetSource | None = None  # a dataset named on the command line (None: a registered one)
+    loaded_plugins: list[dict[str, str]] = field(default_factory=list)  # {name, source, file, sha256} each
 
 
 @dataclass
@@ -85,6 +105,7 @@ class SweepConfig(TrainConfig):
     seeds: list[int] = field(default_factory=lambda: [0])
     out: str = "results/default"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset_sources: dict[str, DatasetSource] = field(default_factory=dict)  # from `NAME=KIND:ROOT` entries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,9 +281,48 @@ def parse_override(text: str, method_names: list[str]) -> dict:
     return out
 
 
+DATASET_KINDS = ("imagefolder", "tinyimagenet")
+
+
+def split_dataset_sources(sweep: SweepConfig) -> SweepConfig:
+    """Move `NAME=KIND:ROOT` entries of `datasets` into `dataset_sources` (ROOT made absolute), so that runs,
+    tables and plots name the dataset NAME."""
+    names = []
+    for entry in sweep.datasets:
+        name, sep, rest = str(entry).partition("=")
+        name = name.strip()
+        if not sep:
+            names.append(name)
+            continue
+        kind, colon, root = rest.partition(":")
+        kind = kind.strip()
+        if not name or not colon or not root.strip():
+            raise UsageError(f"dataset '{entry}' is not of the form NAME=KIND:ROOT (e.g. flowers=imagefolder:data/"
+                             f"flowers; kinds: {', '.join(DATASET_KINDS)})")
+        if kind not in DATASET_KINDS:
+            raise unknown(f"dataset kind (in '{entry}')", kind, DATASET_KINDS)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+            raise UsageError(f"dataset name '{name}' (in '{entry}') must be letters, digits, '_', '-', '.', '+'; it "
+                             "names a folder of the results")
+        given = sweep.dataset_sources.get(name)
+        source = copy.deepcopy(given) if given is not None else DatasetSource()
+        source.kind, source.root = kind, str(Path(root.strip()).expanduser().resolve())
+        sweep.dataset_sources[name] = source
+        names.append(name)
+    sweep.datasets = names
+    for name, source in sweep.dataset_sources.items():
+        if source.kind not in DATASET_KINDS:
+            raise unknown(f"dataset_sources.{name}.kind", source.kind, DATASET_KINDS)
+        if not source.root:
+            raise UsageError(f"dataset_sources.{name}.root is empty: name the dataset's folder")
+        source.root = str(Path(source.root).expanduser().resolve())
+    return sweep
+
+
 def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
-               options: dict[str, Any]) -> RunConfig:
+               options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None) -> RunConfig:
     """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
     shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
     return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
-                     options=dict(options))
+                     options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
+                     loaded_plugins=[dict(r) for r in loaded_plugins or []])

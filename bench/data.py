@@ -1,20 +1,32 @@
 """Datasets and loaders.
 
-Small datasets (digits, CIFAR) are held whole on the training device as uint8 and augmented there,
+Small datasets (digits, CIFAR, SVHN, STL-10, and image folders whose augmented store fits in
+`data.resident_gb`, e.g. Tiny-ImageNet) are held whole on the training device and augmented there,
 batched: random crop with zero padding, horizontal flip, normalisation, m independent views at once
 (PCL's multiple input augmentation), reshuffled each epoch from a generator seeded by (seed, epoch),
 so a run resumed at an epoch boundary sees exactly the batches it would have seen.
-ImageNet is an ImageFolder tree read by a multi-worker DataLoader.
+ImageNet and large image folders are read by a multi-worker DataLoader.
+
+Datasets come from the registry (`register_dataset`, also for plug-ins) or from the command line as
+`NAME=imagefolder:ROOT` / `NAME=tinyimagenet:ROOT`. `data.image_size` resizes any of them once to a square
+size. Mean/std not given are computed once from the training split and cached (`$OKD_BENCH_CACHE`, default
+`~/.cache/okd-bench`), as are decoded image folders.
 
 Every training loader yields `(views, target)`: a list of `views` augmented batches and the labels.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,20 +57,36 @@ class DatasetSpec:
     name: str
     num_classes: int
     image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None  # None: computed once from the training split and cached
+    std: tuple[float, ...] | None
     pad: int  # zero padding of the random crop (0: no crop)
     flip: bool
-    load: Callable[..., TensorSplit | Path]  # (data config, train?) -> a split or an ImageFolder root
+    load: Callable[..., TensorSplit | Path | ImageList]  # (data config, train?) -> a split held whole, an
+    # ImageFolder root or a list of image files (streamed through a DataLoader)
     description: str = ""
+    resized_crop: bool = False  # streamed training crops: RandomResizedCrop (ImageNet) instead of pad + crop
+    stats_key: str = ""  # what identifies the data for the mean/std cache (default: name + data root)
+
+
+@dataclass
+class ImageList:
+    """Image files with their labels (index into `classes`), read one at a time."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    where: str  # the folder, for messages
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
-def _register(spec: DatasetSpec) -> DatasetSpec:
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Register a dataset under `spec.name` (built-ins and plug-ins alike); a taken name is an error."""
     DATASETS.register(spec.name)(spec)
     return spec
+
+
+_register = register_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +128,27 @@ def _cifar_loader(cls_name: str, folder: str, label: str):
     return load
 
 
+def _torchvision_loader(cls_name: str, folder: str, label: str, splits: tuple[str, str]):
+    """SVHN and STL-10 (torchvision, `split=`): labelled train and test splits as uint8 tensors."""
+
+    def load(data_cfg, train: bool) -> TensorSplit:
+        import torchvision
+
+        root = Path(data_cfg.root).expanduser()
+        if not data_cfg.download and not (root / folder).exists():
+            raise UsageError(f"{label} not found: expected {root / folder} (torchvision's layout); set --data-root "
+                             f"to the folder that holds it, or pass --download to fetch it")
+        try:
+            ds = getattr(torchvision.datasets, cls_name)(str(root),
+                                                         split=splits[0] if train else splits[1],
+                                                         download=data_cfg.download)
+        except RuntimeError as err:
+            raise UsageError(f"{label} at {root / folder} is unreadable: {err}") from None
+        return TensorSplit(torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.labels).long())
+
+    return load
+
+
 def load_imagenet(data_cfg, train: bool) -> Path:
     folder = Path(data_cfg.root).expanduser() / ("train" if train else "val")
     if not folder.is_dir():
@@ -119,7 +168,299 @@ _register(DatasetSpec("cifar100", 100, 32, CIFAR100_MEAN, CIFAR100_STD, pad=4, f
                       load=_cifar_loader("CIFAR100", "cifar-100-python", "CIFAR-100"),
                       description="CIFAR-100 via torchvision (--data-root, --download)"))
 _register(DatasetSpec("imagenet", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, pad=0, flip=True, load=load_imagenet,
-                      description="ImageFolder tree <data-root>/{train,val}/<class>/*.JPEG"))
+                      description="ImageFolder tree <data-root>/{train,val}/<class>/*.JPEG", resized_crop=True))
+_register(DatasetSpec("svhn", 10, 32, None, None, pad=4, flip=False,
+                      load=_torchvision_loader("SVHN", "train_32x32.mat", "SVHN", ("train", "test")),
+                      description="SVHN via torchvision (train/test; --data-root, --download)"))
+_register(DatasetSpec("stl10", 10, 96, None, None, pad=12, flip=True,
+                      load=_torchvision_loader("STL10", "stl10_binary", "STL-10", ("train", "test")),
+                      description="STL-10 labelled splits via torchvision, 96x96 (--data-root, --download)"))
+_register(DatasetSpec("tinyimagenet", 200, 64, None, None, pad=8, flip=True,
+                      load=lambda data_cfg, train: load_tinyimagenet(Path(data_cfg.root) / "tiny-imagenet-200",
+                                                                     "tinyimagenet", data_cfg, train, 64),
+                      description="Tiny-ImageNet as distributed: <data-root>/tiny-imagenet-200 (manual download)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# image folders and Tiny-ImageNet
+
+
+def cache_dir() -> Path:
+    """Where computed statistics and decoded image folders are cached."""
+    env = os.environ.get("OKD_BENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "okd-bench"
+
+
+@functools.cache
+def image_extensions() -> tuple[str, ...]:
+    """Every file extension Pillow reads."""
+    from PIL import Image
+
+    return tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    exts = image_extensions()
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+def scan_imagefolder(root: Path, name: str, train: bool) -> ImageList:
+    """`<root>/train/<class>/*` or `<root>/val/<class>/*` (any depth below the class folder)."""
+    split = "train" if train else "val"
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise UsageError(f"dataset {name}: {folder}/ not found (an image folder holds {root}/train/<class>/* and "
+                         f"{root}/val/<class>/*)")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UsageError(f"dataset {name}: {folder}/ has no class folders (expected {folder}/<class>/<image>)")
+    samples = [(str(p), i) for i, c in enumerate(classes) for p in _images_in(folder / c)]
+    if not samples:
+        raise UsageError(f"dataset {name}: no images under {folder}/ (looked for {', '.join(image_extensions()[:6])}"
+                         ", ... files in its class folders)")
+    return ImageList(samples, classes, str(folder))
+
+
+def scan_tinyimagenet(root: Path, name: str, train: bool) -> ImageList:
+    """Tiny-ImageNet as distributed: train/<wnid>/images/*.JPEG, val/images/*.JPEG labelled by
+    val/val_annotations.txt (file, wnid, box)."""
+    root = Path(root)
+    if not (root / "train").is_dir():
+        raise UsageError(f"dataset {name}: {root}/train/ not found (Tiny-ImageNet as distributed: "
+                         f"tiny-imagenet-200/{{train,val}}; download and unzip it by hand)")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    if train:
+        samples = [(str(p), index[c]) for c in classes for p in _images_in(root / "train" / c)]
+        where = root / "train"
+    else:
+        notes = root / "val" / "val_annotations.txt"
+        if not notes.is_file():
+            raise UsageError(f"dataset {name}: {notes} not found (Tiny-ImageNet's val/ labels its images there)")
+        samples = []
+        for n, line in enumerate(notes.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            parts = line.split("\t")
+            if not line.strip():
+                continue
+            if len(parts) < 2 or parts[1] not in index:
+                raise UsageError(f"dataset {name}: {notes} line {n}: expected '<file>\\t<wnid>\\t...' with a "
+                                 f"class of train/, got {line[:60]!r}")
+            samples.append((str(root / "val" / "images" / parts[0]), index[parts[1]]))
+        where = root / "val"
+    if not samples:
+        raise UsageError(f"dataset {name}: no images under {where}/")
+    return ImageList(samples, classes, str(where))
+
+
+def check_image_lists(train: ImageList, val: ImageList, name: str) -> None:
+    """Same classes in both splits, and every file opens as an image (its header; checked once per listing,
+    remembered in the cache)."""
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        parts = [f"only in train: {', '.join(only_train[:5])}" if only_train else "",
+                 f"only in val: {', '.join(only_val[:5])}" if only_val else ""]
+        raise UsageError(f"dataset {name}: class folders differ between train and val "
+                         f"({'; '.join(p for p in parts if p)})")
+    from PIL import Image
+
+    for lst in (train, val):
+        marker = cache_dir() / "verified" / f"{listing_key(lst)}.ok"
+        if marker.exists():
+            continue
+        for path, _ in lst.samples:
+            try:
+                with Image.open(path) as img:
+                    img.size  # noqa: B018  (the header is read)
+            except (OSError, ValueError, SyntaxError) as err:
+                raise UsageError(f"dataset {name}: {path} is not a readable image ({err})") from None
+        _write_cache(marker, b"")
+
+
+def listing_key(lst: ImageList, *extra: Any) -> str:
+    """A digest of the files (path, size, modification time) and `extra`: a changed file changes it."""
+    h = hashlib.sha256(repr(extra).encode())
+    for path, label in lst.samples:
+        st = os.stat(path)
+        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    """Best effort: a cache that cannot be written only costs time."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _decode(path: str, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+            rgb = img.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UsageError(f"{path} is not a readable image ({err})") from None
+
+
+def decode_image_list(lst: ImageList, size: int) -> TensorSplit:
+    """Every image of `lst` decoded, converted to RGB and resized to size x size, as a uint8 split; cached
+    (safetensors) by the listing, so each run after the first reads one file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors.torch import load_file, save
+
+    path = cache_dir() / "decoded" / f"{listing_key(lst, size)}.safetensors"
+    if path.is_file():
+        try:
+            cached = load_file(str(path))
+            return TensorSplit(cached["images"], cached["labels"])
+        except Exception:  # a damaged cache file is rebuilt
+            pass
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(lambda s: _decode(s[0], size), lst.samples, chunksize=64))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in lst.samples], dtype=torch.long)
+    _write_cache(path, save({"images": images, "labels": labels}))
+    return TensorSplit(images, labels)
+
+
+def resident_bytes(count: int, size: int, pad: int) -> int:
+    """Device memory of a split held whole by TensorTrainLoader (zero-padded float32 NHWC store)."""
+    return count * (size + 2 * pad) ** 2 * 3 * 4
+
+
+def _load_listed(scan: Callable[[bool], ImageList], size: int, pad: int, data_cfg, train: bool):
+    """A listed dataset's split: held whole when it fits `data.resident_gb`, else streamed."""
+    lst = scan(train)
+    if resident_bytes(len(lst.samples), size, pad) <= float(data_cfg.resident_gb) * 1e9:
+        return decode_image_list(lst, size)
+    return lst
+
+
+def load_tinyimagenet(root: Path, name: str, data_cfg, train: bool, size: int, pad: int = 8):
+    return _load_listed(lambda t: scan_tinyimagenet(root, name, t), size, pad, data_cfg, train)
+
+
+def _first_image_size(lst: ImageList) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(lst.samples[0][0]) as img:
+            return int(img.size[1])
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UsageError(f"{lst.samples[0][0]} is not a readable image ({err})") from None
+
+
+def source_spec(name: str, source, data_cfg) -> DatasetSpec:
+    """The spec of a dataset named on the command line (`NAME=imagefolder:ROOT`, `NAME=tinyimagenet:ROOT`).
+    Its image size is `data.image_size`, else the height of its first training image."""
+    root = Path(source.root)
+    scan = {"imagefolder": scan_imagefolder, "tinyimagenet": scan_tinyimagenet}[source.kind]
+    train = scan(root, name, True)
+    size = int(data_cfg.image_size or 0) or _first_image_size(train)
+    pad = source.pad if source.pad >= 0 else size // 8
+    mean = tuple(source.mean) if source.mean else None
+    std = tuple(source.std) if source.std else None
+    return DatasetSpec(name, len(train.classes), size, mean, std, pad=pad, flip=source.flip,
+                       load=lambda cfg, is_train: _load_listed(lambda t: scan(root, name, t), size, pad, cfg, is_train),
+                       description=f"{source.kind} at {root}", stats_key=f"{source.kind}:{root}")
+
+
+def dataset_spec(name: str, data_cfg, source=None) -> DatasetSpec:
+    """The dataset a run trains on: registered (or from `source`), at `data.image_size` when set (the crop
+    padding scaled with it, e.g. CIFAR's 4 at 32 -> 8 at 64)."""
+    if source is not None:
+        return source_spec(name, source, data_cfg)
+    spec = DATASETS.get(name)
+    size = int(data_cfg.image_size or 0)
+    if size and size != spec.image_size:
+        spec = dataclasses.replace(spec, image_size=size, pad=round(spec.pad * size / spec.image_size))
+    return spec
+
+
+def run_dataset(cfg) -> DatasetSpec:
+    """`dataset_spec` of a RunConfig."""
+    return dataset_spec(cfg.dataset, cfg.data, getattr(cfg, "dataset_source", None))
+
+
+def check_dataset(spec: DatasetSpec, data_cfg, source=None) -> None:
+    """Before any run: the dataset's files are there and readable (one clear line otherwise)."""
+    if source is None:
+        spec.load(data_cfg, False)
+        return
+    scan = {"imagefolder": scan_imagefolder, "tinyimagenet": scan_tinyimagenet}[source.kind]
+    check_image_lists(scan(Path(source.root), spec.name, True), scan(Path(source.root), spec.name, False), spec.name)
+
+
+def with_statistics(spec: DatasetSpec, data_cfg) -> DatasetSpec:
+    """`spec` with mean/std filled: given ones as they are, else computed once from the training split (per
+    channel over every pixel, scaled to 0..1) and cached by what identifies the data."""
+    if spec.mean is not None and spec.std is not None:
+        return spec
+    key = hashlib.sha256(f"{spec.name}|{spec.stats_key or Path(data_cfg.root).expanduser().resolve()}".encode())
+    source = spec.load(data_cfg, True)
+    if isinstance(source, ImageList):
+        key.update(listing_key(source).encode())
+    elif isinstance(source, TensorSplit):
+        key.update(f"{tuple(source.images.shape)}".encode())
+    path = cache_dir() / "stats" / f"{key.hexdigest()[:32]}.json"
+    try:
+        stats = json.loads(path.read_text())
+        mean, std = tuple(map(float, stats["mean"])), tuple(map(float, stats["std"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        mean, std = channel_statistics(source, min(spec.image_size, 64))
+        _write_cache(path, json.dumps({"dataset": spec.name, "mean": mean, "std": std}).encode())
+    return dataclasses.replace(spec, mean=mean, std=std)
+
+
+def channel_statistics(source: TensorSplit | ImageList | Path, size: int) -> tuple[tuple[float, ...], ...]:
+    """Per-channel mean and standard deviation (0..1 scale) of a training split."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    if isinstance(source, Path):
+        from torchvision.datasets import ImageFolder
+
+        source = ImageList([(p, c) for p, c in ImageFolder(str(source)).samples], [], str(source))
+    chunks: Iterator[np.ndarray]
+    if isinstance(source, TensorSplit):
+        chunks = (source.images[i:i + 4096].numpy() for i in range(0, len(source.images), 4096))
+    else:
+        chunks = (_decode(p, size).transpose(2, 0, 1)[None] for p, _ in source.samples)
+    for chunk in chunks:
+        x = chunk.astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 2, 3))
+        squares += (x ** 2).sum(axis=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def resize_split(split: TensorSplit, size: int) -> TensorSplit:
+    """uint8 images resized once to size x size (bilinear, antialiased when shrinking)."""
+    if split.images.shape[-1] == size and split.images.shape[-2] == size:
+        return split
+    out = []
+    for i in range(0, len(split.images), 2048):
+        x = F.interpolate(split.images[i:i + 2048].float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return TensorSplit(torch.cat(out), split.labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,17 +600,44 @@ class MultiView:
         return [self.transform(img) for _ in range(self.views)]
 
 
-class FolderTrainLoader:
-    def __init__(self, root: Path, spec: DatasetSpec, data_cfg, views: int, seed: int, device: torch.device,
-                 channels_last: bool, rank: int = 0, world: int = 1) -> None:
-        from torchvision import datasets, transforms
+class ListedImages(torch.utils.data.Dataset):
+    """An ImageList as a torch Dataset: (transform(RGB image), label)."""
 
-        tf = transforms.Compose([
-            transforms.RandomResizedCrop(spec.image_size), transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std),
-        ])
-        self.dataset = datasets.ImageFolder(str(root), transform=MultiView(tf, views))
-        _check_classes(self.dataset, spec)
+    def __init__(self, images: ImageList, transform: Callable) -> None:
+        self.samples, self.classes, self.transform = images.samples, images.classes, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            return self.transform(img.convert("RGB")), label
+
+
+def _folder_dataset(source: Path | ImageList, spec: DatasetSpec, transform: Callable):
+    from torchvision import datasets
+
+    if isinstance(source, ImageList):
+        return ListedImages(source, transform)
+    dataset = datasets.ImageFolder(str(source), transform=transform)
+    _check_classes(dataset, spec)
+    return dataset
+
+
+class FolderTrainLoader:
+    def __init__(self, root: Path | ImageList, spec: DatasetSpec, data_cfg, views: int, seed: int,
+                 device: torch.device, channels_last: bool, rank: int = 0, world: int = 1) -> None:
+        from torchvision import transforms
+
+        size = spec.image_size
+        crop = ([transforms.RandomResizedCrop(size)] if spec.resized_crop else
+                [transforms.Resize((size, size)), transforms.RandomCrop(size, padding=spec.pad)])
+        tf = transforms.Compose([*crop, *([transforms.RandomHorizontalFlip()] if spec.flip else []),
+                                 transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
+        self.dataset = _folder_dataset(root, spec, MultiView(tf, views))
         self.seed, self.device = seed, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         workers = data_cfg.workers
@@ -296,15 +664,15 @@ class FolderTrainLoader:
 
 
 class FolderEvalLoader:
-    def __init__(self, root: Path, spec: DatasetSpec, data_cfg, device: torch.device, channels_last: bool,
-                 rank: int = 0, world: int = 1) -> None:
-        from torchvision import datasets, transforms
+    def __init__(self, root: Path | ImageList, spec: DatasetSpec, data_cfg, device: torch.device,
+                 channels_last: bool, rank: int = 0, world: int = 1) -> None:
+        from torchvision import transforms
 
-        resize = int(round(spec.image_size / 0.875))
-        tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(spec.image_size),
-                                 transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
-        self.dataset = datasets.ImageFolder(str(root), transform=tf)
-        _check_classes(self.dataset, spec)
+        size = spec.image_size
+        resize = ([transforms.Resize(int(round(size / 0.875))), transforms.CenterCrop(size)] if spec.resized_crop
+                  else [transforms.Resize((size, size))])
+        tf = transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
+        self.dataset = _folder_dataset(root, spec, tf)
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         shard = torch.utils.data.Subset(self.dataset, range(rank, len(self.dataset), world))
@@ -322,24 +690,28 @@ def _check_classes(dataset, spec: DatasetSpec) -> None:
                          f"{spec.num_classes}")
 
 
-def build_eval_loader(dataset: str, data_cfg, device: torch.device, channels_last: bool, rank: int = 0,
+def build_eval_loader(spec: DatasetSpec | str, data_cfg, device: torch.device, channels_last: bool, rank: int = 0,
                       world: int = 1):
-    """The test split of a registered dataset, in order; sharded over `world` ranks."""
-    spec = DATASETS.get(dataset)
+    """The test split of a dataset (a `dataset_spec`, or a registered name), in order; sharded over `world`
+    ranks."""
+    spec = with_statistics(dataset_spec(spec, data_cfg) if isinstance(spec, str) else spec, data_cfg)
     test_src = spec.load(data_cfg, False)
     if isinstance(test_src, TensorSplit):
+        test_src = resize_split(test_src, spec.image_size)
         return TensorEvalLoader(test_src, spec, data_cfg.eval_batch_size, device, channels_last, rank, world)
     return FolderEvalLoader(test_src, spec, data_cfg, device, channels_last, rank, world)
 
 
-def build_loaders(dataset: str, data_cfg, views: int, seed: int, device: torch.device, channels_last: bool,
+def build_loaders(spec: DatasetSpec | str, data_cfg, views: int, seed: int, device: torch.device, channels_last: bool,
                   rank: int = 0, world: int = 1):
-    """(train loader, eval loader, spec) for a registered dataset; sharded over `world` ranks."""
-    spec = DATASETS.get(dataset)
+    """(train loader, eval loader, spec with its mean/std) of a dataset (a `dataset_spec`); sharded over
+    `world` ranks."""
+    spec = with_statistics(dataset_spec(spec, data_cfg) if isinstance(spec, str) else spec, data_cfg)
     train_src = spec.load(data_cfg, True)
     if isinstance(train_src, TensorSplit):
+        train_src = resize_split(train_src, spec.image_size)
         train = TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last, rank,
                                   world)
     else:
         train = FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last, rank, world)
-    return train, build_eval_loader(dataset, data_cfg, device, channels_last, rank, world), spec
+    return train, build_eval_loader(spec, data_cfg, device, channels_last, rank, world), spec

@@ -12,6 +12,7 @@ export one of their networks instead.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,10 @@ class Network:
     std: tuple[float, ...]
 
 
-def plain_network(method, name: str, backbone: str, dataset: str) -> Network:
-    """Eval model `name` of a trained `method` as the plain backbone; UsageError for an ensemble."""
+def plain_network(method, name: str, backbone: str, spec, backbone_options: dict | None = None) -> Network:
+    """Eval model `name` of a trained `method` as the plain backbone; UsageError for an ensemble. `spec`: the run's
+    dataset (a `dataset_spec` with its mean/std)."""
     from backbones import create_backbone_with_kwargs
-    from bench.data import DATASETS
 
     state = method.network_state_dict(name)
     if state is None:
@@ -51,8 +52,8 @@ def plain_network(method, name: str, backbone: str, dataset: str) -> Network:
         kind = "an ensemble of several networks" if name in method.eval_names() else "not an eval model of it"
         raise UsageError(f"'{name}' of {method.name} is {kind} and cannot be exported as one network"
                          f"{did_you_mean(name, singles)} (exportable: {', '.join(singles) or 'none'})")
-    spec = DATASETS.get(dataset)
-    module, kwargs = create_backbone_with_kwargs(backbone, spec.num_classes, img_size=spec.image_size)
+    module, kwargs = create_backbone_with_kwargs(backbone, spec.num_classes, img_size=spec.image_size,
+                                                 **(backbone_options or {}))
     module.load_state_dict({k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
                             for k, v in state.items()}, strict=True)
     return Network(module.eval(), backbone, kwargs, (3, spec.image_size, spec.image_size), spec.mean, spec.std)
@@ -138,13 +139,14 @@ def write_export(net: Network, summary: dict, name: str, path: Path, fmt: str) -
     return meta
 
 
-def write_deployed(method, summary: dict, folder: Path) -> dict[str, Any] | None:
+def write_deployed(method, summary: dict, folder: Path, spec, backbone_options: dict | None = None
+                   ) -> dict[str, Any] | None:
     """Every finished run's headline model as `deployed.safetensors` + `deployed.json`; returns the summary's
     `deployed` record, or None when the method cannot export it (a plug-in without `network_state_dict`)."""
     name = method.headline
     if method.network_state_dict(name) is None:
         return None
-    net = plain_network(method, name, summary["backbone"], summary["dataset"])
+    net = plain_network(method, name, summary["backbone"], spec, backbone_options)
     path = Path(folder) / f"{DEPLOYED}.safetensors"
     write_export(net, summary, name, path, "safetensors")
     return {"file": path.name, "eval_model": name, "metadata": f"{DEPLOYED}.json"}
@@ -152,6 +154,18 @@ def write_deployed(method, summary: dict, folder: Path) -> dict[str, Any] | None
 
 # ---------------------------------------------------------------------------------------------
 # bench export
+
+
+def activate_run_plugins(cfg, folder: Path) -> None:
+    """Import the plug-ins a run was made with (its method may be one); a changed file is a warning here: the
+    weights are the run's, only code that rebuilds the network may differ."""
+    from bench import plugins
+
+    plugins.load_plugins(cfg.plugins)
+    try:
+        plugins.check_unchanged(cfg.loaded_plugins, str(folder))
+    except UsageError as err:
+        print(f"warning: {err}", file=sys.stderr)
 
 
 def load_finished_run(folder: Path):
@@ -175,12 +189,13 @@ def load_finished_run(folder: Path):
     if not (folder / runs.CHECKPOINT).is_file():
         raise UsageError(f"{folder} has no {runs.CHECKPOINT}: its weights were not kept, nothing to export")
     from backbones import backbone_factory
-    from bench.data import DATASETS
+    from bench.data import run_dataset
 
-    spec = DATASETS.get(cfg.dataset)
+    activate_run_plugins(cfg, folder)
+    spec = run_dataset(cfg)
     torch.manual_seed(0)
-    method = build_method(cfg.method, backbone_factory(cfg.backbone, spec.num_classes, spec.image_size),
-                          spec.num_classes, cfg.options)
+    method = build_method(cfg.method, backbone_factory(cfg.backbone, spec.num_classes, spec.image_size,
+                                                       **cfg.backbone_options), spec.num_classes, cfg.options)
     load_method_weights(method, folder / runs.CHECKPOINT, cfg.epochs)
     return summary, cfg, method.eval()
 
@@ -189,9 +204,9 @@ def load_finished_run(folder: Path):
 def reevaluate(net: Network, method, name: str, cfg) -> tuple[dict[str, float], float]:
     """({top1_error, top5_error} of the exported network on the test split, max |logit difference| against the
     run's own eval model on that split), fp32 on the CPU, plain NCHW input as a user would feed it."""
-    from bench.data import build_eval_loader
+    from bench.data import build_eval_loader, run_dataset
 
-    loader = build_eval_loader(cfg.dataset, cfg.data, torch.device("cpu"), channels_last=False)
+    loader = build_eval_loader(run_dataset(cfg), cfg.data, torch.device("cpu"), channels_last=False)
     n = top1 = top5 = 0
     gap = 0.0
     for x, y in loader:
@@ -214,7 +229,9 @@ def export_run(folder: Path, model: str | None = None, fmt: str = "safetensors",
         names = method.eval_names()
         raise UsageError(f"unknown eval model '{name}' of {cfg.method}{did_you_mean(name, names)} "
                          f"(valid: {', '.join(names)})")
-    net = plain_network(method, name, cfg.backbone, cfg.dataset)
+    from bench.data import run_dataset, with_statistics
+
+    net = plain_network(method, name, cfg.backbone, with_statistics(run_dataset(cfg), cfg.data), cfg.backbone_options)
     stem = DEPLOYED if name == summary["headline_model"] else f"{DEPLOYED}_{name}"
     path = Path(out) if out else folder / f"{stem}.{FORMATS[fmt]}"
     runs.check_output_file(path, folder)

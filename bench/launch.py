@@ -23,7 +23,7 @@ from typing import Any
 
 import submitit
 
-from bench import runs
+from bench import plugins, runs
 from bench.config import SweepConfig
 from bench.errors import UsageError, did_you_mean, unknown
 from bench.sweep import RunSpec, check_builds, check_device_here, prepare
@@ -62,11 +62,14 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
     spec.folder.mkdir(parents=True, exist_ok=True)
     if runs.run_status(spec.folder) == "done":  # e.g. a job requeued after its run had finished
         return load_summary(spec.folder)
+
     lock = runs.RunLock(spec.folder, job_id) if is_main() else contextlib.nullcontext()
     with lock:
         if runs.run_status(spec.folder) == "done":  # finished by another process while this one waited
             return load_summary(spec.folder)
         try:
+            # a job in a fresh process (local subprocess, SLURM task, requeue) imports the run's plug-ins again
+            plugins.activate(spec.config.plugins, spec.config.loaded_plugins, spec.label)
             return train_run(spec.config, spec.folder, progress_bar=progress_bar, runs_per_device=runs_per_device)
         except Exception as err:
             if is_main() and runs.run_status(spec.folder) != "failed":

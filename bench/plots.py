@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,7 @@ from bench.aggregate import PAPER_ORDER, Collection, display_name, row_order  # 
 def method_colour(method: str) -> tuple:
     """A fixed colour per method (paper order into tab10), the same in every figure."""
     base = method[:-2] if method.endswith("-E") else method
-    index = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER) + abs(hash(base)) % 2
+    index = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER) + zlib.crc32(base.encode()) % 2
     return plt.get_cmap("tab10")(index % 10)
 
 

@@ -20,7 +20,9 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+                owner = getattr(self._items[name], "__module__", None)
+                by = f" (by {owner})" if owner else ""
+                raise ValueError(f"{self.kind} name '{name}' is already taken{by}; register it under another name")
             self._items[name] = obj
             return obj
 

@@ -47,7 +47,14 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     for b in sweep.backbones:
         backbones.check_backbone(b)
     for d in sweep.datasets:
-        DATASETS.get(d)
+        if d in sweep.dataset_sources:
+            if d in DATASETS:
+                src = sweep.dataset_sources[d]
+                raise UsageError(f"dataset name '{d}' is taken by a registered dataset ({DATASETS.get(d).description})"
+                                 f"; give the {src.kind} at {src.root} another name")
+        else:
+            DATASETS.get(d)
+    check_image_size(sweep.data.image_size)
     for s in sweep.seeds:
         if s < 0:
             raise UsageError(f"seeds must be non-negative integers, got {s}")
@@ -58,6 +65,7 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
             ("data.batch_size", sweep.data.batch_size, sweep.data.batch_size >= 1, "at least 1"),
             ("data.eval_batch_size", sweep.data.eval_batch_size, sweep.data.eval_batch_size >= 1, "at least 1"),
             ("data.workers", sweep.data.workers, sweep.data.workers >= 0, "0 or more"),
+            ("data.resident_gb", sweep.data.resident_gb, sweep.data.resident_gb >= 0, "0 or more (GB)"),
             ("optim.lr", o.lr, o.lr > 0, "a positive number"),
             ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "from 0 to below 1"),
             ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "0 or more"),
@@ -75,6 +83,19 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
 
 
 MAX_EPOCHS = 100_000
+IMAGE_SIZES = (8, 1024)
+
+
+def check_image_size(value: Any) -> None:
+    """data.image_size: 0 (each dataset's own size) or one integer, the side of the square images."""
+    lo, hi = IMAGE_SIZES
+    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or lo <= value <= hi):
+        return
+    if isinstance(value, (list, tuple)) or (isinstance(value, str) and "x" in value.lower()):
+        raise UsageError(f"data.image_size must be one integer, the side of square images (e.g. data.image_size=64),"
+                         f" got {value!r}: non-square sizes are not supported")
+    raise UsageError(f"data.image_size must be 0 (each dataset's own size) or an integer from {lo} to {hi}, "
+                     f"got {value!r}")
 
 
 def check_finite(opts: Any, method: str) -> None:
@@ -90,11 +111,12 @@ def check_finite(opts: Any, method: str) -> None:
 def check_builds(specs: list[RunSpec]) -> None:
     """Build every distinct (method, options, backbone, dataset) of the runs about to start, on the CPU, and push
     a tiny batch through one training forward: every constructor check (branch points, peer counts, ...) and
-    every backbone that cannot run on the dataset's images fails here, before any run starts."""
+    every backbone that cannot run on the dataset's images fails here, before any run starts, naming the
+    `data.image_size` that fixes it."""
     import torch
 
-    from backbones import backbone_factory
-    from bench.data import DATASETS
+    from backbones import backbone_factory, smallest_input_size
+    from bench.data import run_dataset
     from methods import build_method
     from methods.base import Progress
 
@@ -103,24 +125,34 @@ def check_builds(specs: list[RunSpec]) -> None:
     try:
         for spec in specs:
             c = spec.config
-            key = (c.method, repr(sorted(c.options.items())), c.backbone, c.dataset)
+            key = (c.method, repr(sorted(c.options.items())), c.backbone, c.dataset, repr(c.backbone_options))
             if key in seen:
                 continue
             seen.add(key)
-            data = DATASETS.get(c.dataset)
+            data = run_dataset(c)
+            size = data.image_size
+            factory = backbone_factory(c.backbone, data.num_classes, size, **c.backbone_options)
             try:
-                method = build_method(c.method, backbone_factory(c.backbone, data.num_classes, data.image_size),
-                                      data.num_classes, c.options)
-            except UsageError as err:
-                raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
-            views = [torch.zeros(2, 3, data.image_size, data.image_size) for _ in range(method.views)]
-            try:
+                method = build_method(c.method, factory, data.num_classes, c.options)
+                views = [torch.zeros(2, 3, size, size) for _ in range(method.views)]
                 with torch.no_grad():
                     method.train().losses(views, torch.zeros(2, dtype=torch.long), Progress(0.0, 0, c.rampup_epochs))
-            except (RuntimeError, ValueError, AssertionError) as err:
+            except (RuntimeError, ValueError, AssertionError, UsageError, TypeError) as err:
+                smallest = smallest_input_size(c.backbone, data.num_classes, **c.backbone_options)
+                if smallest is not None and smallest > size:
+                    raise UsageError(f"{c.backbone} cannot take {c.dataset}'s {size}x{size} images: it needs at least "
+                                     f"{smallest}x{smallest}; set data.image_size={smallest} (or larger) to resize "
+                                     "the images once") from None
+                if isinstance(err, UsageError):
+                    raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
+                if isinstance(err, TypeError) and c.backbone_options:
+                    raise UsageError(f"backbone_options {c.backbone_options} do not fit {c.backbone}: "
+                                     f"{str(err).splitlines()[0]}") from None
                 raise UsageError(f"{c.method} with {c.backbone} cannot train on {c.dataset} "
-                                 f"({data.image_size}x{data.image_size} images): {str(err).splitlines()[0]}"
-                                 ) from None
+                                 f"({size}x{size} images): {str(err).splitlines()[0]}") from None
+            if method.headline not in method.eval_names():
+                raise UsageError(f"method {c.method}: its headline '{method.headline}' is not one of its eval models "
+                                 f"({', '.join(method.eval_names())})")
     finally:
         torch.set_rng_state(state)
 
@@ -147,11 +179,12 @@ def check_device_here(compute) -> None:
 
 
 def check_data(sweep: SweepConfig) -> None:
-    """Each dataset's files are there (or --download was given): one clear line otherwise."""
-    from bench.data import DATASETS
+    """Each dataset's files are there and readable (or --download was given): one clear line otherwise."""
+    from bench.data import check_dataset, dataset_spec
 
     for d in sweep.datasets:
-        DATASETS.get(d).load(sweep.data, False)
+        source = sweep.dataset_sources.get(d)
+        check_dataset(dataset_spec(d, sweep.data, source), sweep.data, source)
 
 
 def check_writable(out: Path) -> None:
@@ -174,8 +207,11 @@ def check_writable(out: Path) -> None:
 
 def expand(sweep: SweepConfig, options: dict[str, dict[str, Any]]) -> list[RunSpec]:
     """Every run of the grid, in a stable order (dataset, backbone, method, seed)."""
+    from bench import plugins
+
     out = Path(sweep.out)
-    return [RunSpec(run_config(sweep, m, b, d, s, options[m]), runs.run_dir(out, d, b, m, s))
+    loaded = plugins.loaded()
+    return [RunSpec(run_config(sweep, m, b, d, s, options[m], loaded), runs.run_dir(out, d, b, m, s))
             for d in sweep.datasets for b in sweep.backbones for m in sweep.methods for s in sweep.seeds]
 
 

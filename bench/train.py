@@ -163,10 +163,25 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
     except (records.Malformed, UsageError):
         old = None
     new = config_record(cfg)
+    if isinstance(old, dict):
+        check_same_plugins(folder, old.pop("loaded_plugins", None) or [], new.pop("loaded_plugins", None) or [])
     if old != new:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
                          "use another --out, or --force to overwrite it")
+
+
+def check_same_plugins(folder: Path, old: list[dict], new: list[dict]) -> None:
+    """An unfinished run continues only with the plug-in code it started with (same file, same sha256)."""
+    if runs.run_status(folder) == "done":
+        return
+    now = {(r.get("file") or r.get("name")): r for r in new}
+    for rec in old:
+        key = rec.get("file") or rec.get("name")
+        if key in now and rec.get("sha256") != now[key].get("sha256"):
+            raise UsageError(f"{folder}: plug-in {rec.get('name')} ({key}) changed since the run started (sha256 "
+                             f"{str(rec.get('sha256'))[:12]} then, {str(now[key].get('sha256'))[:12]} now); restore "
+                             "it, or use --force to start the run again with the new code")
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
@@ -188,7 +203,7 @@ class Trainer:
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
         from backbones import backbone_factory
-        from bench.data import DATASETS, build_loaders
+        from bench.data import build_loaders, run_dataset
 
         cfg = self.cfg
         if cfg.epochs < 1:
@@ -199,16 +214,16 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         self.amp_dtype = autocast_dtype(cfg.compute.amp, self.device)
         self.cudnn_benchmark = set_cudnn_benchmark(cfg.compute.cudnn_benchmark, self.device)
-        spec = DATASETS.get(cfg.dataset)
+        spec = run_dataset(cfg)
         seed_everything(cfg.seed)
 
-        factory = backbone_factory(cfg.backbone, spec.num_classes, spec.image_size)
+        factory = backbone_factory(cfg.backbone, spec.num_classes, spec.image_size, **cfg.backbone_options)
         self.method: OnlineKDMethod = build_method(cfg.method, factory, spec.num_classes, cfg.options)
         memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format
         self.method.to(self.device, memory_format=memory_format)
         self.deployed_params = count_params(factory())
         self.train_loader, self.eval_loader, self.spec = build_loaders(
-            cfg.dataset, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
+            spec, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
             self.rank, self.world)
         self.train_module: torch.nn.Module = self.method
         if self.world > 1:  # gradients all-reduced; the method's forward() is its losses()
@@ -397,6 +412,8 @@ class Trainer:
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),
+            "display_name": type(self.method).display_name or cfg.method, "plugins": cfg.loaded_plugins,
+            "image_size": self.spec.image_size, "mean": list(self.spec.mean), "std": list(self.spec.std),
             "git_commit": git_commit(),
             **extra,
         }
@@ -413,7 +430,7 @@ class Trainer:
         from bench.export import write_deployed
 
         try:
-            return write_deployed(self.method, summary, self.folder)
+            return write_deployed(self.method, summary, self.folder, self.spec, self.cfg.backbone_options)
         except Exception as err:
             print(f"warning: could not write the deployed network of {self.folder}: {type(err).__name__}: {err}",
                   file=sys.stderr)

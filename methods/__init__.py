@@ -3,9 +3,9 @@
 # isort: off
 from methods import vanilla, dml, cl, one, okddip, kdcl, ffl_s, pcl  # noqa: F401, I001  (registers, in paper order)
 # isort: on
-from methods.base import METHODS, OnlineKDMethod, Progress, build_method, register_method, resolve_options
+from methods.base import METHODS, NoOptions, OnlineKDMethod, Progress, build_method, register_method, resolve_options
 
 PAPER_ORDER = ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"]
 
-__all__ = ["METHODS", "PAPER_ORDER", "OnlineKDMethod", "Progress", "build_method", "register_method",
+__all__ = ["METHODS", "PAPER_ORDER", "NoOptions", "OnlineKDMethod", "Progress", "build_method", "register_method",
            "resolve_options"]

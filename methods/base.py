@@ -46,6 +46,7 @@ class OnlineKDMethod(nn.Module):
     `losses` and `eval_logits`."""
 
     name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""  # the table row's name (default: the registered name)
     Options: ClassVar[type] = NoOptions
     headline: str = ""
     views: int = 1
@@ -85,11 +86,36 @@ METHODS: Registry[type[OnlineKDMethod]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[OnlineKDMethod]], type[OnlineKDMethod]]:
+    """Class decorator: register an `OnlineKDMethod` subclass under `name` (what --methods and tables use)."""
+
     def add(cls: type[OnlineKDMethod]) -> type[OnlineKDMethod]:
+        check_interface(cls, name)
         cls.name = name
+        cls.display_name = cls.__dict__.get("display_name") or name
         return METHODS.register(name)(cls)
 
     return add
+
+
+REQUIRED = ("losses", "eval_logits", "eval_names")
+
+
+def check_interface(cls: Any, name: str) -> None:
+    """A registered method is an OnlineKDMethod subclass that sets `headline` and `views` and implements
+    `losses`, `eval_logits` and `eval_names`, with a dataclass `Options`; a TypeError says what is missing."""
+    where = f"method '{name}' ({getattr(cls, '__qualname__', cls)})"
+    if not (isinstance(cls, type) and issubclass(cls, OnlineKDMethod)):
+        raise TypeError(f"{where} does not meet the interface: it must be a class derived from "
+                        "methods.OnlineKDMethod")
+    missing = [f"{m}()" for m in REQUIRED if getattr(cls, m) is getattr(OnlineKDMethod, m)]
+    if not isinstance(cls.headline, str) or not cls.headline:
+        missing.append("headline (the name of the eval model the paper reports)")
+    if not isinstance(cls.views, int) or isinstance(cls.views, bool) or cls.views < 1:
+        missing.append("views (a positive integer)")
+    if not dataclasses.is_dataclass(cls.Options):
+        missing.append("Options (a dataclass of the method's options)")
+    if missing:
+        raise TypeError(f"{where} does not meet the interface: missing {', '.join(missing)}")
 
 
 def resolve_options(method: str, overrides: dict[str, Any] | None) -> Any:

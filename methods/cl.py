@@ -43,6 +43,7 @@ class CLOptions(BranchOptions):
 
 @register_method("cl")
 class CL(OnlineKDMethod):
+    display_name = "CL"
     Options = CLOptions
     headline = "head0"
 

@@ -25,6 +25,7 @@ class DMLOptions:
 
 @register_method("dml")
 class DML(IndependentNetworks):
+    display_name = "DML"
     Options = DMLOptions
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:

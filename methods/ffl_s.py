@@ -50,6 +50,7 @@ class FFLOptions(BranchOptions):
 
 @register_method("ffl_s")
 class FFLS(OnlineKDMethod):
+    display_name = "FFL-S"
     Options = FFLOptions
     headline = "branch0"
 

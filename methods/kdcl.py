@@ -67,6 +67,7 @@ class KDCLOptions:
 
 @register_method("kdcl")
 class KDCL(IndependentNetworks):
+    display_name = "KDCL"
     Options = KDCLOptions
 
     def __init__(self, backbone: BackboneFactory, num_classes: int, opts: KDCLOptions) -> None:

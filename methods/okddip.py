@@ -32,6 +32,7 @@ class OKDDipOptions(BranchOptions):
 
 @register_method("okddip")
 class OKDDip(OnlineKDMethod):
+    display_name = "OKDDip"
     Options = OKDDipOptions
     headline = "leader"
 

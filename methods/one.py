@@ -27,6 +27,7 @@ class ONEOptions(BranchOptions):
 
 @register_method("one")
 class ONE(OnlineKDMethod):
+    display_name = "ONE"
     Options = ONEOptions
     headline = "branch0"
 

@@ -39,6 +39,7 @@ class PCLOptions(BranchOptions):
 
 @register_method("pcl")
 class PCL(OnlineKDMethod):
+    display_name = "PCL"
     Options = PCLOptions
     headline = "mean_teacher0"
 

@@ -140,9 +140,9 @@ def check_builds(specs: list[RunSpec]) -> None:
             except (RuntimeError, ValueError, AssertionError, UsageError, TypeError) as err:
                 smallest = smallest_input_size(c.backbone, data.num_classes, **c.backbone_options)
                 if smallest is not None and smallest > size:
-                    raise UsageError(f"{c.backbone} cannot take {c.dataset}'s {size}x{size} images: it needs at least "
-                                     f"{smallest}x{smallest}; set data.image_size={smallest} (or larger) to resize "
-                                     "the images once") from None
+                    raise UsageError(f"{c.backbone} cannot take the {size}x{size} images of {c.dataset}: it needs at "
+                                     f"least {smallest}x{smallest}; set data.image_size={smallest} (or larger) to "
+                                     "resize the images once") from None
                 if isinstance(err, UsageError):
                     raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
                 if isinstance(err, TypeError) and c.backbone_options:

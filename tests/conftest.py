@@ -106,3 +106,12 @@ class FixedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Dataset statistics and decoded image folders are cached under $OKD_BENCH_CACHE: a fresh folder per test
+    session (inherited by every `bench` subprocess), never the user's ~/.cache."""
+    import os
+
+    os.environ["OKD_BENCH_CACHE"] = str(tmp_path_factory.mktemp("okd-bench-cache"))

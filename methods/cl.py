@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.branching import Trunk, plain_state_dict, split_model
+from backbones.branching import Trunk, plain_state_dict, split_model, split_points
 from bench.errors import UsageError, unknown
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
@@ -59,8 +59,7 @@ class TreeTrunk(nn.Module):
         super().__init__()
         splits = [split_model(backbone(), opts.branch_point or None) for _ in range(groups * heads_per_group)]
         names = splits[0].trunk.names
-        stem_offset = 1 if splits[0].trunk.stem is None else 0
-        points = [n for n in names[stem_offset:]]
+        points = [n for n in split_points(backbone()) if n in names]
         tree_point = opts.tree_point or (points[-1] if points else "")
         if tree_point not in points:
             raise UsageError(f"cl tree_point '{tree_point}' must be a stage of the trunk before the branch point"

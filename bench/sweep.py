@@ -143,11 +143,12 @@ def check_builds(specs: list[RunSpec]) -> None:
                     raise UsageError(f"{c.backbone} cannot take the {size}x{size} images of {c.dataset}: it needs at "
                                      f"least {smallest}x{smallest}; set data.image_size={smallest} (or larger) to "
                                      "resize the images once") from None
+                if c.backbone_options and "unexpected keyword argument" in str(err):
+                    unexpected = str(err).split("unexpected keyword argument")[-1].strip()
+                    raise UsageError(f"backbone_options {c.backbone_options} do not fit {c.backbone}: it takes no "
+                                     f"argument {unexpected}") from None
                 if isinstance(err, UsageError):
                     raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
-                if isinstance(err, TypeError) and c.backbone_options:
-                    raise UsageError(f"backbone_options {c.backbone_options} do not fit {c.backbone}: "
-                                     f"{str(err).splitlines()[0]}") from None
                 raise UsageError(f"{c.method} with {c.backbone} cannot train on {c.dataset} "
                                  f"({size}x{size} images): {str(err).splitlines()[0]}") from None
             if method.headline not in method.eval_names():

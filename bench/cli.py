@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from bench.status import print_status
 
-    return print_status(args.out)
+    return print_status(args.out, args.watch)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -313,6 +313,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="state of a sweep's runs (pending, running, done, failed, ...)")
     p.add_argument("out", nargs="?", type=Path, default=Path("results/demo"), help="the sweep folder")
+    p.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) until every run has finished")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a sweep's queued and running jobs")

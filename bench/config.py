@@ -69,6 +69,16 @@ class ComputeConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Optional trackers mirroring metrics.jsonl (bench.loggers); not part of what makes a run's config."""
+
+    tensorboard: bool = False  # event files in <run>/tensorboard
+    wandb: str = "off"  # off, offline (files in <run>/wandb, sync later), online
+    wandb_project: str = "okd-bench"
+    wandb_entity: str = ""
+
+
+@dataclass
 class TrainConfig:
     """Everything about one run except which grid cell it is."""
 
@@ -77,6 +87,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     backbone_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the backbone, e.g.
     # drop_rate (timm) or classifier_dropout (cifar_vgg16: 0.5 in every branch classifier, as official OKDDip)
     plugins: list[str] = field(default_factory=list)  # plug-in modules or .py files (see bench.plugins)

@@ -19,6 +19,7 @@ from bench.errors import UsageError
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"  # the same, flat, for spreadsheets
 CONFIG = "config.yaml"
 CHECKPOINT = "last.pt"
 
@@ -329,5 +330,8 @@ def remove_stale_temp_files(folder: Path, older_than_s: float = 0.0) -> None:
 
 def reset_run_folder(folder: Path) -> None:
     """Remove a run's files (for --force), leaving the folder itself."""
-    for name in (SUMMARY, METRICS, CONFIG, CHECKPOINT, "job.json"):
+    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", "loggers.json"):
         (Path(folder) / name).unlink(missing_ok=True)
+    import shutil
+
+    shutil.rmtree(Path(folder) / "tensorboard", ignore_errors=True)  # a new run starts a new TensorBoard record

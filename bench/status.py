@@ -57,7 +57,8 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
     for name in run_folders(out, manifest):
         folder = out / name
         job_id = entries.get(name, {}).get("job_id")
-        rec = {"run": name, "job": job_id or "", "epoch": 0, "epochs": None, "elapsed_s": None, "error": ""}
+        rec = {"run": name, "job": job_id or "", "epoch": 0, "epochs": None, "elapsed_s": None, "error": "",
+               "top1": None, "images_per_s": None, "epoch_s": None}
         bad: list[Malformed] = []
 
         def read(load, default=None, folder=folder, bad=bad):
@@ -71,7 +72,16 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
         summary = read(load_summary)
         corrupt = bool(bad)
         config = read(load_config)
-        rec["epoch"] = len(read(load_metrics, []))
+        history = read(load_metrics, [])
+        rec["epoch"] = len(history)
+        if history:
+            last = history[-1]
+            headline = (summary or {}).get("headline_model") or headline_of(config)
+            errors = last.get("top1_error") or {}
+            rec["top1"] = errors.get(headline, next(iter(errors.values()), None))
+            rec["images_per_s"] = last.get("images_per_s")
+            times = [r["epoch_s"] for r in history if r.get("epoch_s")]
+            rec["epoch_s"] = sum(times) / len(times) if times else None
         if bad:
             rec["error"] = f"{bad[0].path.name}: {bad[0].problem}"
         rec["epochs"] = (summary or {}).get("epochs") or (config.epochs if config is not None else None)
@@ -98,6 +108,48 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
     return records
 
 
+def headline_of(config) -> str | None:
+    """The headline eval model of a run's method, when its class is importable here (plug-ins may not be)."""
+    if config is None:
+        return None
+    from methods import METHODS
+
+    return METHODS.get(config.method).headline if config.method in METHODS else None
+
+
+UNFINISHED = ("running", "pending", "stopped", "queued", "requeued", "configuring", "completing")
+
+
+def estimate(records: list[dict]) -> tuple[float | None, int]:
+    """Fill each unfinished run's `eta_s` from measured epoch times (its own, else the mean over the sweep's runs
+    of the same dataset/backbone/method, else over the sweep); returns (sweep ETA in s at the current number of
+    runs training at once, that number)."""
+    def key(r):
+        return r["run"].rsplit("/", 1)[0]
+
+    by_cell: dict[str, list[float]] = {}
+    for r in records:
+        if r["epoch_s"]:
+            by_cell.setdefault(key(r), []).append(r["epoch_s"])
+    everything = [t for ts in by_cell.values() for t in ts]
+    remaining = 0.0
+    known = True
+    for r in records:
+        r["eta_s"] = None
+        if r["state"] not in UNFINISHED or not r["epochs"]:
+            continue
+        per_epoch = r["epoch_s"] or (sum(by_cell[key(r)]) / len(by_cell[key(r)]) if key(r) in by_cell else None) or (
+            sum(everything) / len(everything) if everything else None)
+        if per_epoch is None:
+            known = False
+            continue
+        r["eta_s"] = per_epoch * max(0, r["epochs"] - r["epoch"])
+        remaining += r["eta_s"]
+    at_once = max(1, sum(r["state"] == "running" for r in records))
+    pending = any(r["state"] in UNFINISHED for r in records)
+    return (remaining / at_once if known and pending else None), at_once
+
+
 def _elapsed(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -106,25 +158,52 @@ def _elapsed(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def print_status(out: Path) -> int:
+def status_text(out: Path) -> tuple[str, list[dict]]:
+    """The status table of a sweep: per run its state, epochs done of total, last top-1 error of the headline
+    model, images/s, job, elapsed time and ETA; then the counts and the sweep's ETA."""
     notes: list[str] = []
     records = run_states(out, notes)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     if not records:
-        print(f"no runs in {out}")
-        return 0
+        return f"no runs in {out}\n", records
+    sweep_eta, at_once = estimate(records)
     width = max(len(r["run"]) for r in records)
-    print(f"{'run':<{width}}  {'state':<9}  {'epoch':>9}  {'job':<10}  {'elapsed':>8}  error")
+    lines = [f"{'run':<{width}}  {'state':<9}  {'epoch':>9}  {'top-1':>6}  {'img/s':>7}  {'job':<10}  {'elapsed':>8}  "
+             f"{'ETA':>8}  error"]
     for r in records:
         epoch = f"{r['epoch']}/{r['epochs'] or '?'}"
-        print(f"{r['run']:<{width}}  {r['state']:<9}  {epoch:>9}  {r['job']:<10}  {_elapsed(r['elapsed_s']):>8}  "
-              f"{r['error']}")
+        top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
+        speed = f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-"
+        lines.append(f"{r['run']:<{width}}  {r['state']:<9}  {epoch:>9}  {top1:>6}  {speed:>7}  {r['job']:<10}  "
+                     f"{_elapsed(r['elapsed_s']):>8}  {_elapsed(r['eta_s']):>8}  {r['error']}")
     counts: dict[str, int] = {}
     for r in records:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    return 0
+    done = sum(r["epoch"] for r in records)
+    total = sum(r["epochs"] or 0 for r in records)
+    line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f"; {done}/{total} epochs"
+    if sweep_eta is not None:
+        line += f"; sweep ETA {_elapsed(sweep_eta)} (at {at_once} run{'s' if at_once > 1 else ''} at a time)"
+    lines.append(line)
+    return "\n".join(lines) + "\n", records
+
+
+def print_status(out: Path, watch: float | None = None) -> int:
+    """`bench status`; with `watch`, redraw every `watch` seconds until no run is left to finish (or Ctrl-C)."""
+    if watch is not None and watch <= 0:
+        raise UsageError(f"--watch takes a positive number of seconds, got {watch}")
+    while True:
+        text, records = status_text(out)
+        if watch is None:
+            sys.stdout.write(text)
+            return 0
+        sys.stdout.write("\033[2J\033[H" + time.strftime("%H:%M:%S ") + f"{out} (every {watch:g} s, Ctrl-C to stop)\n"
+                         + text)
+        sys.stdout.flush()
+        if records and not any(r["state"] in UNFINISHED for r in records):
+            return 0
+        time.sleep(watch)
 
 
 def cancel(out: Path) -> int:

@@ -74,6 +74,9 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
         if not ok or (isinstance(value, float) and not math.isfinite(value)):  # NaN fails every comparison too
             raise UsageError(f"{where} must be {valid}, got {value}")
     check_compute(sweep.compute)
+    from bench.loggers import check_logging
+
+    check_logging(sweep.logging)
     for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too
         check_finite(resolve_options(m, overrides), m)
         if m not in sweep.methods:

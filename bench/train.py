@@ -39,6 +39,7 @@ from bench.compute import (
 from bench.config import RunConfig, to_dict
 from bench.distributed import world
 from bench.errors import UsageError
+from bench.loggers import RunLoggers
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
@@ -150,6 +151,29 @@ def config_record(cfg: RunConfig) -> dict[str, Any]:
     return to_dict(cfg)
 
 
+def metrics_csv(history: list[dict[str, Any]]) -> str:
+    """metrics.jsonl as a flat CSV, one row per epoch: epoch, step, lr, epoch_s, images_per_s, then loss.<term>,
+    top1_error.<model>, top5_error.<model> (for spreadsheets)."""
+    import csv
+    import io
+
+    columns = ["epoch", "step", "lr", "epoch_s", "images_per_s"]
+    for record in history:
+        for group in ("loss", "top1_error", "top5_error"):
+            for name in record.get(group) or {}:
+                if f"{group}.{name}" not in columns:
+                    columns.append(f"{group}.{name}")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in history:
+        row = {k: record.get(k) for k in columns[:5]}
+        for group in ("loss", "top1_error", "top5_error"):
+            row.update({f"{group}.{k}": v for k, v in (record.get(group) or {}).items()})
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
 def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
     """Refuse to continue a run folder made by a different config (unless `force`). The folder's config is read
     as this version reads it: settings added since it was written take their defaults (the values the older
@@ -165,6 +189,8 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
     new = config_record(cfg)
     if isinstance(old, dict):
         check_same_plugins(folder, old.pop("loaded_plugins", None) or [], new.pop("loaded_plugins", None) or [])
+        for settings in (old, new):
+            settings.pop("logging", None)  # trackers can be switched on or off for a run at any time
     if old != new:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
@@ -250,6 +276,7 @@ class Trainer:
                  "resumes": self.resumes, "rng": rng_state()}
         runs.atomic_write(self.folder / runs.CHECKPOINT, lambda f: torch.save(state, f), binary=True)
         runs.write_jsonl(self.folder / runs.METRICS, self.history)
+        runs.write_text(self.folder / runs.METRICS_CSV, metrics_csv(self.history))
 
     def load_checkpoint(self) -> bool:
         path = self.folder / runs.CHECKPOINT
@@ -345,9 +372,11 @@ class Trainer:
             self.resumes.append({"epoch": self.start_epoch, "job_id": os.environ.get("SLURM_JOB_ID")})
         if main:
             runs.write_jsonl(self.folder / runs.METRICS, self.history)
+            runs.write_text(self.folder / runs.METRICS_CSV, metrics_csv(self.history))
             (self.folder / runs.SUMMARY).unlink(missing_ok=True)
         cfg = self.cfg
         bar = self._bar()
+        self.loggers = RunLoggers.open(cfg, self.folder, self.history) if main else RunLoggers(cfg, self.folder)
         try:
             if cfg.method in os.environ.get("OKD_BENCH_FAIL_METHODS", "").split(","):  # fault injection (tests)
                 raise RuntimeError(f"injected failure of {cfg.method} (OKD_BENCH_FAIL_METHODS)")
@@ -367,19 +396,27 @@ class Trainer:
                         self.best[name] = {**err, "epoch": epoch + 1}
                 self.start_epoch = epoch + 1
                 self.save_checkpoint()
+                self.loggers.log_epoch(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{losses['total']:.3f}",
                                     err=f"{errors[self.method.headline]['top1_error']:.2f}%")
         except Diverged as div:
-            return self.finish("diverged", divergence={"epoch": div.epoch, "step": div.step, "terms": div.terms,
-                                                       "message": str(div)})
+            return self.loggers_closed(self.finish("diverged", divergence={
+                "epoch": div.epoch, "step": div.step, "terms": div.terms, "message": str(div)}))
         except Exception as err:
-            self.finish("failed", error=f"{type(err).__name__}: {err}")
+            self.loggers_closed(self.finish("failed", error=f"{type(err).__name__}: {err}"))
+            raise
+        except BaseException:  # interrupted: the trackers flush what they have; the next start continues them
+            self.loggers.close(None)
             raise
         finally:
             if bar is not None:
                 bar.close()
-        return self.finish("done")
+        return self.loggers_closed(self.finish("done"))
+
+    def loggers_closed(self, summary: dict[str, Any]) -> dict[str, Any]:
+        self.loggers.close(summary)
+        return summary
 
     def _bar(self):
         if not self.progress_bar or self.rank != 0:

@@ -78,9 +78,10 @@ def load_cli_plugins(args: argparse.Namespace, from_config: list[str] | None = N
     return specs
 
 
-def build_sweep(args: argparse.Namespace):
+def build_sweep(args: argparse.Namespace, light: bool = False):
+    """The sweep the command line asks for. `light`: without importing plug-ins or methods (a `key=value` whose
+    first part is not a setting is taken as a method's option), for the quick check of a finished sweep."""
     from bench.config import SweepConfig, from_dict, load_preset, load_yaml, parse_override, split_dataset_sources
-    from methods import METHODS
 
     for flag in ("methods", "datasets", "backbones", "seeds", "out", "preset", "data_root", "device", "config"):
         value = getattr(args, flag)
@@ -91,7 +92,18 @@ def build_sweep(args: argparse.Namespace):
     sweep = from_dict(SweepConfig, load_preset(preset), where=f"preset '{preset}'")
     if args.config:
         sweep = from_dict(SweepConfig, load_yaml(args.config), where=str(args.config), base=sweep)
-    sweep.plugins = load_cli_plugins(args, sweep.plugins, Path(args.config).parent if args.config else None)
+    config_dir = Path(args.config).parent if args.config else None
+    if light:
+        from bench import plugins
+
+        specs = [plugins.resolve_spec(s, config_dir) for s in sweep.plugins]
+        sweep.plugins = list(dict.fromkeys(specs + [plugins.resolve_spec(s) for s in args.plugin or []]))
+        method_names = None
+    else:
+        sweep.plugins = load_cli_plugins(args, sweep.plugins, config_dir)
+        from methods import METHODS
+
+        method_names = METHODS.names()
     flags: dict = {}
     if args.methods is not None:
         flags["methods"] = parse_names(args.methods, "methods")
@@ -121,20 +133,49 @@ def build_sweep(args: argparse.Namespace):
         if text.split("=", 1)[0].strip() == "plugins":
             raise UsageError(f"override '{text}': plug-ins are loaded before overrides are read; use --plugin FILE "
                              "or plugins: in a --config file")
-        sweep = from_dict(SweepConfig, parse_override(text, METHODS.names()), where=f"override '{text}'",
-                          base=sweep)
+        sweep = from_dict(SweepConfig, parse_override(text, method_names), where=f"override '{text}'", base=sweep)
     return split_dataset_sources(sweep), preset
 
 
+def finished_sweep_output(args: argparse.Namespace) -> str | None:
+    """What `bench run` printed when this very sweep last completed, if nothing it depends on changed since (see
+    bench.stamp); None sends it down the normal path, which also reports any error properly."""
+    from bench import runs, stamp
+    from bench.config import to_dict
+
+    if args.force:
+        return None
+    try:
+        sweep, preset = build_sweep(args, light=True)
+        out = Path(sweep.out)
+        folders = [runs.run_dir(out, d, b, m, s) for d in sweep.datasets for b in sweep.backbones
+                   for m in sweep.methods for s in sweep.seeds]
+        printed = stamp.done_output(out, stamp.sweep_key(to_dict(sweep), sweep.plugins), folders)
+    except Exception:
+        return None
+    if printed is None:
+        return None
+    n = len(folders)
+    return (f"sweep: {n} runs, 0 to run ({n} done: skipped) -> {out}  [preset: {preset}, launcher: {args.launcher}]"
+            f"\n{printed}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    quick = finished_sweep_output(args)
+    if quick is not None:
+        sys.stdout.write(quick)
+        return 0
+    from bench import stamp
+    from bench.config import to_dict
     from bench.launch import LaunchOptions, run_sweep
 
     sweep, preset = build_sweep(args)
+    key = stamp.sweep_key(to_dict(sweep), sweep.plugins)
     opts = LaunchOptions(launcher=args.launcher, cluster=args.cluster, max_parallel=args.max_parallel,
                          tasks_per_node=args.tasks_per_node, runs_per_device=args.runs_per_device,
                          wait=not args.no_wait, retry_failed=args.retry_failed, force=args.force,
                          progress_bar=not args.no_progress)
-    return run_sweep(sweep, preset, opts)
+    return run_sweep(sweep, preset, opts, stamp_key=key)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

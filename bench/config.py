@@ -270,15 +270,17 @@ def load_preset(name: str) -> dict:
         return load_yaml(path)
 
 
-def parse_override(text: str, method_names: list[str]) -> dict:
-    """`a.b.c=value` -> {'a': {'b': {'c': value}}}; `pcl.temperature=4` means `options.pcl.temperature`."""
+def parse_override(text: str, method_names: list[str] | None) -> dict:
+    """`a.b.c=value` -> {'a': {'b': {'c': value}}}; `pcl.temperature=4` means `options.pcl.temperature`.
+    `method_names` None: any first part that is not a setting of SweepConfig is taken as a method."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"override '{text}' is not of the form key=value (e.g. optim.lr=0.05)")
     parts = key.strip().split(".")
     if any(not p for p in parts):
         raise UsageError(f"override '{text}': empty key part")
-    if parts[0] in method_names:
+    settings = {f.name for f in dataclasses.fields(SweepConfig)}
+    if (parts[0] in method_names) if method_names is not None else (parts[0] not in settings and len(parts) > 1):
         parts = ["options", *parts]
     try:
         value = parse_yaml(raw) if raw.strip() else ""

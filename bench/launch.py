@@ -292,7 +292,12 @@ def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list
     return todo, skipped
 
 
-def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
+def sweep_line(n_runs: int, n_todo: int, notes: list[str], out: Path, preset: str, launcher: str) -> str:
+    return (f"sweep: {n_runs} runs, {n_todo} to run" + (f" ({', '.join(notes)}: skipped)" if notes else "")
+            + f" -> {out}  [preset: {preset}, launcher: {launcher}]")
+
+
+def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: str | None = None) -> int:
     if opts.launcher not in LAUNCHERS:
         raise unknown("launcher", opts.launcher, LAUNCHERS)
     if opts.max_parallel < 1:
@@ -318,8 +323,7 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
     todo, skipped = classify(specs, out, opts)
     check_builds(todo)
     notes = [f"{n} {k}" for k, n in skipped.items() if n]
-    print(f"sweep: {len(specs)} runs, {len(todo)} to run" + (f" ({', '.join(notes)}: skipped)" if notes else "")
-          + f" -> {out}  [preset: {preset}, launcher: {opts.launcher}]")
+    print(sweep_line(len(specs), len(todo), notes, out, preset, opts.launcher))
     if skipped["failed"]:
         print("  failed runs are not rerun without --retry-failed")
     if opts.force:
@@ -330,18 +334,21 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions) -> int:
     update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_process=me,
                     runs={rel(s, out): {"label": s.label} for s in specs})
     try:
-        if not todo:
-            report(out)
-            return 0
-        if opts.launcher == "inline":
-            failed = launch_inline(todo, opts)
-        elif opts.launcher == "local":
-            failed = launch_local(todo, out, opts)
-        else:
-            failed = launch_slurm(todo, out, opts, profile)
-            if failed is None:
-                return 0
-        report(out)
+        failed = False
+        if todo:
+            if opts.launcher == "inline":
+                failed = launch_inline(todo, opts)
+            elif opts.launcher == "local":
+                failed = launch_local(todo, out, opts)
+            else:
+                failed = launch_slurm(todo, out, opts, profile)
+                if failed is None:
+                    return 0
+        printed = report(out)
+        if stamp_key and not failed and not any(skipped[k] for k in skipped if k != "done"):
+            from bench.stamp import write_done
+
+            write_done(out, stamp_key, [s.folder for s in specs], printed)
         return 1 if failed else 0
     finally:
         if me is not None:  # this launcher is done: nothing left for 'bench cancel' to signal by its identity
@@ -503,8 +510,10 @@ def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: d
     return failed
 
 
-def report(out: Path) -> None:
-    """Print the sweep's table; write its tables and plots into the sweep folder."""
+def report(out: Path) -> str:
+    """Print the sweep's table; write its tables and plots into the sweep folder, unless they were drawn from
+    these very run records already. Returns what it printed."""
+    from bench import stamp
     from bench.aggregate import TableSpec, load_runs, render, write_tables
     from bench.plots import write_plots
 
@@ -512,10 +521,19 @@ def report(out: Path) -> None:
         runs.remove_stale_temp_files(folder, older_than_s=STALE_TEMP_S)
     collection = load_runs([out])
     if collection.models.empty:
-        return
-    print()
-    print(render(collection, TableSpec(), "md"))
-    tables = write_tables(collection, out / "tables")
-    plots = write_plots(collection, out / "plots")
-    print(f"tables: {out / 'tables'} ({', '.join(p.name for p in tables)})")
-    print(f"plots:  {out / 'plots'} ({len(plots)} files: {', '.join(sorted({p.stem for p in plots}))})")
+        return ""
+    current, fingerprint, drawn = stamp.drawn_is_current(out, runs.find_run_folders(out))
+    if current:
+        tables = [out / f for f in drawn if f.startswith("tables/")]
+        plots = [out / f for f in drawn if f.startswith("plots/")]
+        fresh = " (unchanged since drawn)"
+    else:
+        tables = write_tables(collection, out / "tables")
+        plots = write_plots(collection, out / "plots")
+        stamp.write_drawn(out, fingerprint, [*tables, *plots])
+        fresh = ""
+    text = (f"\n{render(collection, TableSpec(), 'md')}\n"
+            f"tables: {out / 'tables'} ({', '.join(p.name for p in tables)}){fresh}\n"
+            f"plots:  {out / 'plots'} ({len(plots)} files: {', '.join(sorted({p.stem for p in plots}))}){fresh}\n")
+    sys.stdout.write(text)
+    return text

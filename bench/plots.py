@@ -63,29 +63,46 @@ def plot_curves(collection: Collection, folder: Path) -> list[Path]:
     return paths
 
 
+def error_bars(mean, std) -> np.ndarray:
+    """Asymmetric error bars of one std, the lower arm clipped at 0 (an error rate is never negative)."""
+    mean = np.atleast_1d(np.asarray(mean, dtype=float))
+    std = np.nan_to_num(np.atleast_1d(np.asarray(std, dtype=float)))
+    return np.vstack([np.minimum(std, np.nan_to_num(mean)), std])
+
+
+def outside_legend(ax) -> None:
+    """The legend right of the axes, where it covers no bar."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def final_bars_figure(group, dataset: str):
+    """One dataset's final top-1 error per method per backbone: bars, std error bars clipped at 0, the legend
+    outside the axes."""
+    backbones = sorted(group.backbone.unique())
+    methods = sorted(group.method.unique(), key=row_order)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(backbones) + 2), 4))
+    for i, method in enumerate(methods):
+        stats = group[group.method == method].groupby("backbone").final_top1.agg(["mean", "std"])
+        stats = stats.reindex(backbones)
+        x = np.arange(len(backbones)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(x, stats["mean"], width, yerr=error_bars(stats["mean"], stats["std"]), capsize=2,
+               color=method_colour(method), label=display_name(method))
+    ax.set_xticks(np.arange(len(backbones)), backbones)
+    ax.set(ylabel="final top-1 error (%)", title=dataset)
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+    outside_legend(ax)
+    return fig
+
+
 def plot_final_bars(collection: Collection, folder: Path) -> list[Path]:
     """Final top-1 error per method per backbone, bars with std error bars; one figure per dataset."""
     if collection.models.empty:
         return []
     heads = collection.models[collection.models.is_headline]
-    paths = []
-    for dataset, group in heads.groupby("dataset"):
-        backbones = sorted(group.backbone.unique())
-        methods = sorted(group.method.unique(), key=row_order)
-        width = 0.8 / len(methods)
-        fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(backbones) + 2), 4))
-        for i, method in enumerate(methods):
-            stats = group[group.method == method].groupby("backbone").final_top1.agg(["mean", "std"])
-            stats = stats.reindex(backbones)
-            x = np.arange(len(backbones)) + (i - (len(methods) - 1) / 2) * width
-            ax.bar(x, stats["mean"], width, yerr=stats["std"].fillna(0.0), capsize=2, color=method_colour(method),
-                   label=display_name(method))
-        ax.set_xticks(np.arange(len(backbones)), backbones)
-        ax.set(ylabel="final top-1 error (%)", title=dataset)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-        paths += _save(fig, folder, f"final_{dataset}")
-    return paths
+    return [path for dataset, group in heads.groupby("dataset")
+            for path in _save(final_bars_figure(group, dataset), folder, f"final_{dataset}")]
 
 
 def plot_headline_vs_ensemble(collection: Collection, folder: Path) -> list[Path]:
@@ -104,10 +121,12 @@ def plot_headline_vs_ensemble(collection: Collection, folder: Path) -> list[Path
             rows = group[group.method == method]
             for offset, selected, hatch in ((-0.2, rows[rows.is_headline], None),
                                             (0.2, rows[rows.eval_model == "ensemble"], "//")):
-                ax.bar(i + offset, selected.final_top1.mean(), 0.4, yerr=selected.final_top1.std(ddof=1) or 0.0,
-                       capsize=2, color=method_colour(method), hatch=hatch, edgecolor="black", linewidth=0.5)
+                ax.bar(i + offset, selected.final_top1.mean(), 0.4,
+                       yerr=error_bars(selected.final_top1.mean(), selected.final_top1.std(ddof=1)), capsize=2,
+                       color=method_colour(method), hatch=hatch, edgecolor="black", linewidth=0.5)
         ax.set_xticks(range(len(methods)), [display_name(m) for m in methods])
         ax.set(ylabel="final top-1 error (%)", title=f"{dataset} / {backbone}: headline (plain) vs ensemble (hatched)")
+        ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
         paths += _save(fig, folder, f"ensemble_{dataset}_{backbone}")
     return paths

@@ -166,3 +166,29 @@ def test_bench_run_ends_with_the_table_and_files(tmp_path, capsys):
     assert (out / "tables" / "results.tex").exists() and (out / "tables" / "results.csv").exists()
     assert len(list((out / "plots").glob("*.png"))) >= 2
     assert json.loads((out / "digits/cifar_resnet8/pcl/seed1/summary.json").read_text())["status"] == "done"
+
+
+def test_final_bars_legend_covers_no_bar_and_error_bars_stay_above_zero():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.patches import Rectangle
+
+    from bench.plots import final_bars_figure
+
+    rows = []
+    for method, errors in {"vanilla": [30.0, 31.0, 29.0], "dml": [0.5, 0.0, 6.0], "pcl": [1.0, 1.0, 1.0]}.items():
+        for backbone in ("cifar_resnet8", "cifar_resnet32"):
+            for seed, err in enumerate(errors):
+                rows.append({"dataset": "digits", "backbone": backbone, "method": method, "seed": seed,
+                             "eval_model": "net", "is_headline": True, "final_top1": err})
+    fig = final_bars_figure(pd.DataFrame(rows), "digits")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert len(bars) == 6 and not any(legend.overlaps(b.get_window_extent(renderer)) for b in bars)
+    # DML's mean 2.17 with std 3.3: its error bar is clipped at 0, not drawn down to -1.1
+    lowest = min(seg[:, 1].min() for coll in ax.collections for seg in coll.get_segments())
+    assert lowest == pytest.approx(0.0) and ax.get_ylim()[0] == 0
+    plt.close(fig)

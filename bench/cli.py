@@ -322,6 +322,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
                      args.paper_table, args.cudnn_benchmark)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    return write_report(args.results, args.out)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from bench.export import export_run
 
@@ -374,6 +380,11 @@ def make_parser() -> argparse.ArgumentParser:
     add_results_arg(p)
     p.add_argument("--write", metavar="DIR", help="output folder (default: <first results folder>/plots)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of finished runs: tables, plots, setup")
+    add_results_arg(p)
+    p.add_argument("--out", type=Path, help="the page to write (default: <first results folder>/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("speed", help="benchmark: harness vs reference-style training path, side by side")
     p.add_argument("--methods", default="vanilla,dml,cl,one,okddip,pcl")

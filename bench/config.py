@@ -51,6 +51,7 @@ class DatasetSource:
 
     kind: str = "imagefolder"
     root: str = ""
+    image_size: int = 0  # square size to resize to (0: data.image_size, else the first training image's height)
     mean: list[float] = field(default_factory=list)  # empty: computed once from the training split, cached
     std: list[float] = field(default_factory=list)
     pad: int = -1  # zero padding of the random crop; -1: image size // 8 (CIFAR's 4 at 32)

@@ -367,11 +367,12 @@ def _first_image_size(lst: ImageList) -> int:
 
 def source_spec(name: str, source, data_cfg) -> DatasetSpec:
     """The spec of a dataset named on the command line (`NAME=imagefolder:ROOT`, `NAME=tinyimagenet:ROOT`).
-    Its image size is `data.image_size`, else the height of its first training image."""
+    Its image size is `data.image_size`, else its own `image_size`, else the height of its first training
+    image."""
     root = Path(source.root)
     scan = {"imagefolder": scan_imagefolder, "tinyimagenet": scan_tinyimagenet}[source.kind]
     train = scan(root, name, True)
-    size = int(data_cfg.image_size or 0) or _first_image_size(train)
+    size = int(data_cfg.image_size or 0) or int(source.image_size or 0) or _first_image_size(train)
     pad = source.pad if source.pad >= 0 else size // 8
     mean = tuple(source.mean) if source.mean else None
     std = tuple(source.std) if source.std else None

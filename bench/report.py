@@ -27,7 +27,8 @@ h1 { font-size: 1.6rem; margin-bottom: 0.2rem; } h2 { font-size: 1.2rem; margin-
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
 th, td { padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
-th { border-bottom: 2px solid #999; } caption { text-align: left; font-weight: 600; padding-bottom: 0.3rem; white-space: nowrap; }
+th { border-bottom: 2px solid #999; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.3rem; white-space: nowrap; }
 figure { display: inline-block; margin: 0.5rem 1rem 1rem 0; } figure img { max-width: 34rem; height: auto; }
 figcaption { font-size: 0.8rem; color: #666; } pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto;
 font-size: 0.8rem; } .note { font-size: 0.85rem; color: #555; }

@@ -55,6 +55,8 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
         else:
             DATASETS.get(d)
     check_image_size(sweep.data.image_size)
+    for name, source in sweep.dataset_sources.items():
+        check_image_size(source.image_size, f"dataset_sources.{name}.image_size")
     for s in sweep.seeds:
         if s < 0:
             raise UsageError(f"seeds must be non-negative integers, got {s}")
@@ -89,16 +91,15 @@ MAX_EPOCHS = 100_000
 IMAGE_SIZES = (8, 1024)
 
 
-def check_image_size(value: Any) -> None:
+def check_image_size(value: Any, where: str = "data.image_size") -> None:
     """data.image_size: 0 (each dataset's own size) or one integer, the side of the square images."""
     lo, hi = IMAGE_SIZES
     if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or lo <= value <= hi):
         return
     if isinstance(value, (list, tuple)) or (isinstance(value, str) and "x" in value.lower()):
-        raise UsageError(f"data.image_size must be one integer, the side of square images (e.g. data.image_size=64),"
-                         f" got {value!r}: non-square sizes are not supported")
-    raise UsageError(f"data.image_size must be 0 (each dataset's own size) or an integer from {lo} to {hi}, "
-                     f"got {value!r}")
+        raise UsageError(f"{where} must be one integer, the side of square images (e.g. {where}=64), got "
+                         f"{value!r}: non-square sizes are not supported")
+    raise UsageError(f"{where} must be 0 (each dataset's own size) or an integer from {lo} to {hi}, got {value!r}")
 
 
 def check_finite(opts: Any, method: str) -> None:

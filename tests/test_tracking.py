@@ -124,3 +124,25 @@ def test_status_shows_progress_speed_and_eta(tmp_path, capsys):
     eta = 2 * history[0]["epoch_s"]  # two epochs left at its measured epoch time
     assert f"{int(eta) // 3600}:{int(eta) // 60 % 60:02d}:{int(eta) % 60:02d}" in row
     assert "1 done, 1 stopped; 4/6 epochs; sweep ETA" in text
+
+
+def test_status_watch_redraws_until_every_run_has_finished(tmp_path, capsys, monkeypatch):
+    from bench import status
+
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "vanilla", *GRID, "--epochs", "1", "--launcher", "inline", "--out", str(out)]) == 0
+    run = out / "digits" / "cifar_resnet8" / "vanilla" / "seed0"
+    summary = (run / "summary.json").read_bytes()
+    (run / "summary.json").unlink()  # stopped: the watch waits ...
+    draws = []
+
+    def pause(seconds):
+        draws.append(seconds)
+        (run / "summary.json").write_bytes(summary)  # ... until the run is done again
+
+    monkeypatch.setattr(status.time, "sleep", pause)
+    capsys.readouterr()
+    assert main(["status", str(out), "--watch", "2"]) == 0
+    text = capsys.readouterr().out
+    assert draws == [2.0] and text.count("(every 2 s, Ctrl-C to stop)") == 2 and "1 done" in text
+    assert main(["status", str(out), "--watch", "0"]) == 2

@@ -136,7 +136,15 @@ def load_plugins(specs: list[str]) -> list[dict[str, str]]:
 
 
 def loaded() -> list[dict[str, str]]:
+    """Every plug-in this process imported."""
     return [dict(r) for r in _loaded.values()]
+
+
+def records_for(specs: list[str]) -> list[dict[str, str]]:
+    """What a sweep with plug-ins `specs` runs with: the installed entry points and those plug-ins (loading them
+    when needed), and nothing else this process happened to import before."""
+    load_plugins(specs)
+    return [dict(r) for r in _loaded.values() if r["source"] == "entry point"] + [dict(_loaded[s]) for s in specs]
 
 
 def check_unchanged(recorded: list[dict[str, Any]], where: str) -> None:

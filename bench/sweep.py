@@ -215,7 +215,7 @@ def expand(sweep: SweepConfig, options: dict[str, dict[str, Any]]) -> list[RunSp
     from bench import plugins
 
     out = Path(sweep.out)
-    loaded = plugins.loaded()
+    loaded = plugins.records_for(sweep.plugins)
     return [RunSpec(run_config(sweep, m, b, d, s, options[m], loaded), runs.run_dir(out, d, b, m, s))
             for d in sweep.datasets for b in sweep.backbones for m in sweep.methods for s in sweep.seeds]
 

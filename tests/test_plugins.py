@@ -61,6 +61,10 @@ def test_plugin_method_trains_with_the_local_launcher_and_gets_its_own_row(tmp_p
 
     net = timm.create_model("cifar_resnet8", num_classes=10)
     net.load_state_dict(load_file(str(run / "deployed.safetensors")))
+    # bench export rebuilds it in a fresh process from the plug-in its run recorded
+    exported = bench("export", str(run), "--model", "peer1", "--out", str(tmp_path / "peer1.safetensors"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert "exported mutual_mse 'peer1'" in exported.stdout
     # bench list shows it, with its option
     listed = bench("list", "--plugin", str(mine))
     assert "mutual_mse" in listed.stdout and "alpha=1.0" in listed.stdout

@@ -86,6 +86,27 @@ def test_a_failing_tracker_warns_once_and_the_run_goes_on(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["status"] == "done"
 
 
+def test_a_tracker_failing_mid_run_warns_once_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from bench import loggers
+
+    calls = []
+
+    def full_disk(self, epoch, scalars):
+        calls.append(epoch)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loggers.TensorBoardTracker, "send", full_disk)
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "vanilla", *GRID, "--epochs", "3", "--launcher", "inline", "--out", str(out),
+                 "logging.tensorboard=true"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tensorboard logging failed") == 1 and "No space left on device" in err and calls == [1]
+    run = out / "digits" / "cifar_resnet8" / "vanilla" / "seed0"
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 3
+
+
 @pytest.mark.parametrize("override, expected", [
     ("logging.wandb=offlne", "did you mean 'offline'"),
     ("logging.wandb=sometimes", "unknown logging.wandb mode 'sometimes'"),

@@ -155,6 +155,7 @@ def finished_sweep_output(args: argparse.Namespace) -> str | None:
         return None
     if printed is None:
         return None
+    runs.remove_stale_sweep_temp_files(out)
     n = len(folders)
     return (f"sweep: {n} runs, 0 to run ({n} done: skipped) -> {out}  [preset: {preset}, launcher: {args.launcher}]"
             f"\n{printed}")

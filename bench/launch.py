@@ -329,7 +329,7 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     if opts.force:
         for spec in todo:
             runs.reset_run_folder(spec.folder)
-    runs.remove_stale_temp_files(out, older_than_s=STALE_TEMP_S)
+    runs.remove_stale_sweep_temp_files(out)
     me = runs.process_identity() if opts.wait else None
     update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_process=me,
                     runs={rel(s, out): {"label": s.label} for s in specs})
@@ -355,7 +355,6 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
             clear_launcher(out, me)
 
 
-STALE_TEMP_S = 600.0  # a sweep-level temp file this old belongs to a killed writer
 
 
 def clear_launcher(out: Path, me: dict) -> None:
@@ -517,8 +516,7 @@ def report(out: Path) -> str:
     from bench.aggregate import TableSpec, load_runs, render, write_tables
     from bench.plots import write_plots
 
-    for folder in (out, out / "tables", out / "plots"):  # temp files of writers killed mid-write
-        runs.remove_stale_temp_files(folder, older_than_s=STALE_TEMP_S)
+    runs.remove_stale_sweep_temp_files(out)  # temp files of writers killed mid-write
     collection = load_runs([out])
     if collection.models.empty:
         return ""

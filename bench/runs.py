@@ -316,6 +316,16 @@ class RunLock:
         self._lock.release()
 
 
+STALE_TEMP_S = 600.0  # a sweep-level temp file this old belongs to a killed writer
+
+
+def remove_stale_sweep_temp_files(out: Path) -> None:
+    """The killed writers' temp files of a sweep folder, its tables and its plots (other launchers may be writing
+    there now: only old ones)."""
+    for folder in (out, out / "tables", out / "plots"):
+        remove_stale_temp_files(folder, older_than_s=STALE_TEMP_S)
+
+
 def remove_stale_temp_files(folder: Path, older_than_s: float = 0.0) -> None:
     """Temp files left by a writer that was killed mid-write (the real files are intact); in a folder that other
     processes may be writing to, only those older than `older_than_s`."""

@@ -36,7 +36,7 @@ def user_copy(tmp_path: Path) -> Path:
     return mine
 
 
-def test_plugin_method_trains_with_the_local_launcher_and_gets_its_own_row(tmp_path):
+def test_plugin_method_trains_with_the_local_launcher_and_gets_its_own_row(tmp_path, capsys):
     mine = user_copy(tmp_path)
     out = tmp_path / "sweep"
     proc = bench("run", "--plugin", str(mine), "--methods", "mutual_mse", *GRID, "--out", str(out),
@@ -51,9 +51,10 @@ def test_plugin_method_trains_with_the_local_launcher_and_gets_its_own_row(tmp_p
     assert record in summary["plugins"]
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["plugins"] == [str(mine.resolve())] and record in config["loaded_plugins"]
-    # its own row in the table, named by the method class, read without the plug-in loaded
-    table = bench("table", str(out))
-    rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+    # its own row in the table, named by the method class, read without the plug-in loaded (not in this process)
+    assert "mutual_mse" not in __import__("methods").METHODS
+    assert main(["table", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert any(r.startswith("| Mutual-MSE |") for r in rows)
     # deployed as a plain timm network, like a built-in method's headline model
     import timm
@@ -65,9 +66,13 @@ def test_plugin_method_trains_with_the_local_launcher_and_gets_its_own_row(tmp_p
     exported = bench("export", str(run), "--model", "peer1", "--out", str(tmp_path / "peer1.safetensors"))
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "exported mutual_mse 'peer1'" in exported.stdout
-    # bench list shows it, with its option
-    listed = bench("list", "--plugin", str(mine))
-    assert "mutual_mse" in listed.stdout and "alpha=1.0" in listed.stdout
+    # bench list --plugin shows it, with its option (under a name of its own here: this process keeps it)
+    listed = tmp_path / "listed.py"
+    listed.write_text(EXAMPLE.read_text().replace('"mutual_mse"', '"listed_mutual"'))
+    capsys.readouterr()
+    assert main(["list", "--plugin", str(listed)]) == 0
+    text = capsys.readouterr().out
+    assert "listed_mutual" in text and "alpha=1.0" in text and f"plug-in listed (file: {listed.resolve()})" in text
 
 
 @pytest.mark.slurm

@@ -42,8 +42,8 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     rng = random.Random(0)
     kills = mid_write = finished = 0
     attempt = 0
-    while kills < 10 or mid_write < 1 or finished < 1:
-        killing = kills < 10 or mid_write < 1
+    while kills < 6 or mid_write < 1 or finished < 1:
+        killing = kills < 6 or mid_write < 1
         out = tmp_path / f"cut{finished}"
         folder = runs.run_dir(out, "digits", "cifar_resnet8", "pcl", 0)
         proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

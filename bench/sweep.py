@@ -138,9 +138,14 @@ def check_builds(specs: list[RunSpec]) -> None:
             factory = backbone_factory(c.backbone, data.num_classes, size, **c.backbone_options)
             try:
                 method = build_method(c.method, factory, data.num_classes, c.options)
+                if not isinstance(method.views, int) or isinstance(method.views, bool) or method.views < 1:
+                    raise MethodDefinitionError(f"method {c.method}: views must be a positive integer (augmented "
+                                                f"views per image), got {method.views!r}")
                 views = [torch.zeros(2, 3, size, size) for _ in range(method.views)]
                 with torch.no_grad():
                     method.train().losses(views, torch.zeros(2, dtype=torch.long), Progress(0.0, 0, c.rampup_epochs))
+            except MethodDefinitionError:
+                raise
             except (RuntimeError, ValueError, AssertionError, UsageError, TypeError) as err:
                 smallest = smallest_input_size(c.backbone, data.num_classes, **c.backbone_options)
                 if smallest is not None and smallest > size:
@@ -155,11 +160,15 @@ def check_builds(specs: list[RunSpec]) -> None:
                     raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
                 raise UsageError(f"{c.method} with {c.backbone} cannot train on {c.dataset} "
                                  f"({size}x{size} images): {str(err).splitlines()[0]}") from None
-            if method.headline not in method.eval_names():
-                raise UsageError(f"method {c.method}: its headline '{method.headline}' is not one of its eval models "
-                                 f"({', '.join(method.eval_names())})")
+            if not isinstance(method.headline, str) or method.headline not in method.eval_names():
+                raise UsageError(f"method {c.method}: its headline {method.headline!r} is not one of its eval models "
+                                 f"({', '.join(method.eval_names())}); set headline to the one the paper reports")
     finally:
         torch.set_rng_state(state)
+
+
+class MethodDefinitionError(UsageError):
+    """A method class that builds but does not define what the trainer needs (views, headline)."""
 
 
 def check_compute(compute) -> None:

@@ -101,17 +101,14 @@ REQUIRED = ("losses", "eval_logits", "eval_names")
 
 
 def check_interface(cls: Any, name: str) -> None:
-    """A registered method is an OnlineKDMethod subclass that sets `headline` and `views` and implements
-    `losses`, `eval_logits` and `eval_names`, with a dataclass `Options`; a TypeError says what is missing."""
+    """A registered method is an OnlineKDMethod subclass that implements `losses`, `eval_logits` and
+    `eval_names`, with a dataclass `Options`; a TypeError says what is missing. (`headline` and `views` may be set
+    per instance, as PCL and KDCL do: they are checked on a built method before any run.)"""
     where = f"method '{name}' ({getattr(cls, '__qualname__', cls)})"
     if not (isinstance(cls, type) and issubclass(cls, OnlineKDMethod)):
         raise TypeError(f"{where} does not meet the interface: it must be a class derived from "
                         "methods.OnlineKDMethod")
     missing = [f"{m}()" for m in REQUIRED if getattr(cls, m) is getattr(OnlineKDMethod, m)]
-    if not isinstance(cls.headline, str) or not cls.headline:
-        missing.append("headline (the name of the eval model the paper reports)")
-    if not isinstance(cls.views, int) or isinstance(cls.views, bool) or cls.views < 1:
-        missing.append("views (a positive integer)")
     if not dataclasses.is_dataclass(cls.Options):
         missing.append("Options (a dataclass of the method's options)")
     if missing:

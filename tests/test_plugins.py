@@ -189,3 +189,21 @@ def test_config_file_plugins_are_relative_to_the_config(tmp_path):
     args = make_parser().parse_args(["run", "--config", str(folder / "sweep.yaml"), "--datasets", "digits"])
     sweep, _ = build_sweep(args)
     assert sweep.plugins == [str((folder / "cfg_method.py").resolve())] and sweep.methods == ["mutual_mse"]
+
+
+@pytest.mark.parametrize("name, body, expected", [
+    ("no_views_method", "    def __init__(self, backbone, num_classes, opts):\n"
+                        "        super().__init__(backbone, num_classes, opts)\n        self.views = 0\n",
+     "views must be a positive integer"),
+    ("wrong_headline_method", "    headline = 'peer9'\n", "its headline 'peer9' is not one of its eval models (net)"),
+])
+def test_method_that_builds_but_misdefines_views_or_headline_is_one_line(name, body, expected, tmp_path, capsys):
+    """headline and views may be set per instance (PCL and KDCL do): they are checked on the built method."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(f"from methods import register_method\nfrom methods.vanilla import Vanilla\n\n"
+                    f"@register_method('{name}')\nclass Mine(Vanilla):\n{body}")
+    out = tmp_path / "sweep"
+    assert main(["run", "--plugin", str(path), "--methods", name, *GRID, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not out.exists()

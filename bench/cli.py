@@ -65,15 +65,23 @@ def add_plugin_flag(p) -> None:
                    help="import a plug-in that registers methods, backbones or datasets (repeatable)")
 
 
-def load_cli_plugins(args: argparse.Namespace, from_config: list[str] | None = None,
-                     config_dir: Path | None = None) -> list[str]:
-    """Installed plug-ins (entry points), then the config file's `plugins:` (relative to its folder), then
-    --plugin ones (relative to the working directory), imported in that order; returns the resolved specs."""
+def plugin_specs(args: argparse.Namespace, from_config: list[str] | None = None,
+                 config_dir: Path | None = None) -> list[str]:
+    """The config file's `plugins:` (relative to its folder), then --plugin ones (relative to the working
+    directory), resolved, each once."""
     from bench import plugins
 
     specs = [plugins.resolve_spec(s, config_dir) for s in from_config or []]
     specs += [plugins.resolve_spec(s) for s in getattr(args, "plugin", []) or []]
-    specs = list(dict.fromkeys(specs))
+    return list(dict.fromkeys(specs))
+
+
+def load_cli_plugins(args: argparse.Namespace, from_config: list[str] | None = None,
+                     config_dir: Path | None = None) -> list[str]:
+    """Installed plug-ins (entry points), then `plugin_specs`, imported in that order; returns the specs."""
+    from bench import plugins
+
+    specs = plugin_specs(args, from_config, config_dir)
     plugins.load_plugins(specs)
     return specs
 
@@ -94,10 +102,7 @@ def build_sweep(args: argparse.Namespace, light: bool = False):
         sweep = from_dict(SweepConfig, load_yaml(args.config), where=str(args.config), base=sweep)
     config_dir = Path(args.config).parent if args.config else None
     if light:
-        from bench import plugins
-
-        specs = [plugins.resolve_spec(s, config_dir) for s in sweep.plugins]
-        sweep.plugins = list(dict.fromkeys(specs + [plugins.resolve_spec(s) for s in args.plugin or []]))
+        sweep.plugins = plugin_specs(args, sweep.plugins, config_dir)
         method_names = None
     else:
         sweep.plugins = load_cli_plugins(args, sweep.plugins, config_dir)

@@ -86,9 +86,6 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-_register = register_dataset
-
-
 # ---------------------------------------------------------------------------------------------
 # loading
 
@@ -159,23 +156,23 @@ def load_imagenet(data_cfg, train: bool) -> Path:
     return folder
 
 
-_register(DatasetSpec("digits", 10, 8, DIGITS_MEAN, DIGITS_STD, pad=1, flip=False, load=load_digits,
+register_dataset(DatasetSpec("digits", 10, 8, DIGITS_MEAN, DIGITS_STD, pad=1, flip=False, load=load_digits,
                       description="scikit-learn's bundled 8x8 digits; offline, CPU-sized (the demo)"))
-_register(DatasetSpec("cifar10", 10, 32, CIFAR10_MEAN, CIFAR10_STD, pad=4, flip=True,
+register_dataset(DatasetSpec("cifar10", 10, 32, CIFAR10_MEAN, CIFAR10_STD, pad=4, flip=True,
                       load=_cifar_loader("CIFAR10", "cifar-10-batches-py", "CIFAR-10"),
                       description="CIFAR-10 via torchvision (--data-root, --download)"))
-_register(DatasetSpec("cifar100", 100, 32, CIFAR100_MEAN, CIFAR100_STD, pad=4, flip=True,
+register_dataset(DatasetSpec("cifar100", 100, 32, CIFAR100_MEAN, CIFAR100_STD, pad=4, flip=True,
                       load=_cifar_loader("CIFAR100", "cifar-100-python", "CIFAR-100"),
                       description="CIFAR-100 via torchvision (--data-root, --download)"))
-_register(DatasetSpec("imagenet", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, pad=0, flip=True, load=load_imagenet,
+register_dataset(DatasetSpec("imagenet", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, pad=0, flip=True, load=load_imagenet,
                       description="ImageFolder tree <data-root>/{train,val}/<class>/*.JPEG", resized_crop=True))
-_register(DatasetSpec("svhn", 10, 32, None, None, pad=4, flip=False,
+register_dataset(DatasetSpec("svhn", 10, 32, None, None, pad=4, flip=False,
                       load=_torchvision_loader("SVHN", "train_32x32.mat", "SVHN", ("train", "test")),
                       description="SVHN via torchvision (train/test; --data-root, --download)"))
-_register(DatasetSpec("stl10", 10, 96, None, None, pad=12, flip=True,
+register_dataset(DatasetSpec("stl10", 10, 96, None, None, pad=12, flip=True,
                       load=_torchvision_loader("STL10", "stl10_binary", "STL-10", ("train", "test")),
                       description="STL-10 labelled splits via torchvision, 96x96 (--data-root, --download)"))
-_register(DatasetSpec("tinyimagenet", 200, 64, None, None, pad=8, flip=True,
+register_dataset(DatasetSpec("tinyimagenet", 200, 64, None, None, pad=8, flip=True,
                       load=lambda data_cfg, train: load_tinyimagenet(Path(data_cfg.root) / "tiny-imagenet-200",
                                                                      "tinyimagenet", data_cfg, train, 64),
                       description="Tiny-ImageNet as distributed: <data-root>/tiny-imagenet-200 (manual download)"))
@@ -254,6 +251,16 @@ def scan_tinyimagenet(root: Path, name: str, train: bool) -> ImageList:
     return ImageList(samples, classes, str(where))
 
 
+SCANNERS = {"imagefolder": scan_imagefolder, "tinyimagenet": scan_tinyimagenet}
+
+
+@functools.lru_cache(maxsize=32)
+def scan(kind: str, root: str, name: str, train: bool) -> ImageList:
+    """A listed dataset's split, listed once per process (the checks, the build check and the loaders all ask;
+    listing Tiny-ImageNet walks 100,000 files). A failed listing is not remembered."""
+    return SCANNERS[kind](Path(root), name, train)
+
+
 def check_image_lists(train: ImageList, val: ImageList, name: str) -> None:
     """Same classes in both splits, and every file opens as an image (its header; checked once per listing,
     remembered in the cache)."""
@@ -290,15 +297,11 @@ def listing_key(lst: ImageList, *extra: Any) -> str:
 
 def _write_cache(path: Path, data: bytes) -> None:
     """Best effort: a cache that cannot be written only costs time."""
-    import tempfile
+    from bench import runs
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
+        runs.atomic_write(path, lambda f: f.write(data), binary=True)
+    except (OSError, UsageError):  # UsageError: a refused write, named as a StorageError
         pass
 
 
@@ -352,7 +355,7 @@ def _load_listed(scan: Callable[[bool], ImageList], size: int, pad: int, data_cf
 
 
 def load_tinyimagenet(root: Path, name: str, data_cfg, train: bool, size: int, pad: int = 8):
-    return _load_listed(lambda t: scan_tinyimagenet(root, name, t), size, pad, data_cfg, train)
+    return _load_listed(lambda t: scan("tinyimagenet", str(root), name, t), size, pad, data_cfg, train)
 
 
 def _first_image_size(lst: ImageList) -> int:
@@ -370,14 +373,14 @@ def source_spec(name: str, source, data_cfg) -> DatasetSpec:
     Its image size is `data.image_size`, else its own `image_size`, else the height of its first training
     image."""
     root = Path(source.root)
-    scan = {"imagefolder": scan_imagefolder, "tinyimagenet": scan_tinyimagenet}[source.kind]
-    train = scan(root, name, True)
+    train = scan(source.kind, source.root, name, True)
     size = int(data_cfg.image_size or 0) or int(source.image_size or 0) or _first_image_size(train)
     pad = source.pad if source.pad >= 0 else size // 8
     mean = tuple(source.mean) if source.mean else None
     std = tuple(source.std) if source.std else None
     return DatasetSpec(name, len(train.classes), size, mean, std, pad=pad, flip=source.flip,
-                       load=lambda cfg, is_train: _load_listed(lambda t: scan(root, name, t), size, pad, cfg, is_train),
+                       load=lambda cfg, is_train: _load_listed(lambda t: scan(source.kind, source.root, name, t), size,
+                                                               pad, cfg, is_train),
                        description=f"{source.kind} at {root}", stats_key=f"{source.kind}:{root}")
 
 
@@ -403,17 +406,18 @@ def check_dataset(spec: DatasetSpec, data_cfg, source=None) -> None:
     if source is None:
         spec.load(data_cfg, False)
         return
-    scan = {"imagefolder": scan_imagefolder, "tinyimagenet": scan_tinyimagenet}[source.kind]
-    check_image_lists(scan(Path(source.root), spec.name, True), scan(Path(source.root), spec.name, False), spec.name)
+    check_image_lists(scan(source.kind, source.root, spec.name, True), scan(source.kind, source.root, spec.name, False),
+                      spec.name)
 
 
-def with_statistics(spec: DatasetSpec, data_cfg) -> DatasetSpec:
+def with_statistics(spec: DatasetSpec, data_cfg, train_split: Any = None) -> DatasetSpec:
     """`spec` with mean/std filled: given ones as they are, else computed once from the training split (per
-    channel over every pixel, scaled to 0..1) and cached by what identifies the data."""
+    channel over every pixel, scaled to 0..1) and cached by what identifies the data. `train_split`: what
+    `spec.load(data_cfg, True)` returned, when the caller has it already."""
     if spec.mean is not None and spec.std is not None:
         return spec
     key = hashlib.sha256(f"{spec.name}|{spec.stats_key or Path(data_cfg.root).expanduser().resolve()}".encode())
-    source = spec.load(data_cfg, True)
+    source = spec.load(data_cfg, True) if train_split is None else train_split
     if isinstance(source, ImageList):
         key.update(listing_key(source).encode())
     elif isinstance(source, TensorSplit):
@@ -707,8 +711,9 @@ def build_loaders(spec: DatasetSpec | str, data_cfg, views: int, seed: int, devi
                   rank: int = 0, world: int = 1):
     """(train loader, eval loader, spec with its mean/std) of a dataset (a `dataset_spec`); sharded over
     `world` ranks."""
-    spec = with_statistics(dataset_spec(spec, data_cfg) if isinstance(spec, str) else spec, data_cfg)
+    spec = dataset_spec(spec, data_cfg) if isinstance(spec, str) else spec
     train_src = spec.load(data_cfg, True)
+    spec = with_statistics(spec, data_cfg, train_src)
     if isinstance(train_src, TensorSplit):
         train_src = resize_split(train_src, spec.image_size)
         train = TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last, rank,

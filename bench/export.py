@@ -201,12 +201,13 @@ def load_finished_run(folder: Path):
 
 
 @torch.no_grad()
-def reevaluate(net: Network, method, name: str, cfg) -> tuple[dict[str, float], float]:
-    """({top1_error, top5_error} of the exported network on the test split, max |logit difference| against the
-    run's own eval model on that split), fp32 on the CPU, plain NCHW input as a user would feed it."""
-    from bench.data import build_eval_loader, run_dataset
+def reevaluate(net: Network, method, name: str, spec, data_cfg) -> tuple[dict[str, float], float]:
+    """({top1_error, top5_error} of the exported network on the test split of `spec` (the run's dataset, with its
+    mean/std), max |logit difference| against the run's own eval model on that split), fp32 on the CPU, plain
+    NCHW input as a user would feed it."""
+    from bench.data import build_eval_loader
 
-    loader = build_eval_loader(run_dataset(cfg), cfg.data, torch.device("cpu"), channels_last=False)
+    loader = build_eval_loader(spec, data_cfg, torch.device("cpu"), channels_last=False)
     n = top1 = top5 = 0
     gap = 0.0
     for x, y in loader:
@@ -231,11 +232,12 @@ def export_run(folder: Path, model: str | None = None, fmt: str = "safetensors",
                          f"(valid: {', '.join(names)})")
     from bench.data import run_dataset, with_statistics
 
-    net = plain_network(method, name, cfg.backbone, with_statistics(run_dataset(cfg), cfg.data), cfg.backbone_options)
+    spec = with_statistics(run_dataset(cfg), cfg.data)
+    net = plain_network(method, name, cfg.backbone, spec, cfg.backbone_options)
     stem = DEPLOYED if name == summary["headline_model"] else f"{DEPLOYED}_{name}"
     path = Path(out) if out else folder / f"{stem}.{FORMATS[fmt]}"
     runs.check_output_file(path, folder)
-    errors, gap = reevaluate(net, method, name, cfg)
+    errors, gap = reevaluate(net, method, name, spec, cfg.data)
     if gap > REFUSE_LOGIT_GAP:
         raise UsageError(f"the reassembled {name} does not reproduce the run's logits (max difference {gap:.2e}); "
                          "not written")

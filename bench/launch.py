@@ -62,7 +62,6 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
     spec.folder.mkdir(parents=True, exist_ok=True)
     if runs.run_status(spec.folder) == "done":  # e.g. a job requeued after its run had finished
         return load_summary(spec.folder)
-
     lock = runs.RunLock(spec.folder, job_id) if is_main() else contextlib.nullcontext()
     with lock:
         if runs.run_status(spec.folder) == "done":  # finished by another process while this one waited
@@ -353,8 +352,6 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     finally:
         if me is not None:  # this launcher is done: nothing left for 'bench cancel' to signal by its identity
             clear_launcher(out, me)
-
-
 
 
 def clear_launcher(out: Path, me: dict) -> None:

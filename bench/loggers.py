@@ -23,8 +23,6 @@ from typing import Any
 from bench import runs
 from bench.errors import UsageError, unknown
 
-STATE = "loggers.json"
-TENSORBOARD_DIR = "tensorboard"
 WANDB_MODES = ("off", "offline", "online")
 EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -40,17 +38,41 @@ def check_logging(logging) -> None:
                              f"pip install '{name}' (or okd-bench's extra: pip install -e '.[{EXTRA[name]}]')")
 
 
+GROUPS = ("loss", "top1_error", "top5_error")  # the per-term and per-model mappings of a metrics.jsonl record
+
+
+def flat_groups(record: dict[str, Any], sep: str) -> dict[str, Any]:
+    """The mappings of one metrics.jsonl record as flat names: loss<sep><term>, top1_error<sep><model>, ..."""
+    return {f"{group}{sep}{name}": value for group in GROUPS for name, value in (record.get(group) or {}).items()}
+
+
 def flat_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """One epoch of metrics.jsonl as flat scalar names: loss/<term>, top1_error/<model>, top5_error/<model>,
+    """One epoch of metrics.jsonl as tracker scalars: loss/<term>, top1_error/<model>, top5_error/<model>,
     lr, images_per_s, epoch_s."""
-    out: dict[str, float] = {}
-    for group in ("loss", "top1_error", "top5_error"):
-        for name, value in (record.get(group) or {}).items():
-            out[f"{group}/{name}"] = float(value)
+    out = {key: float(value) for key, value in flat_groups(record, "/").items()}
     for key in ("lr", "images_per_s", "epoch_s"):
         if record.get(key) is not None:
             out[key] = float(record[key])
     return out
+
+
+CSV_FIRST = ("epoch", "step", "lr", "epoch_s", "images_per_s")
+
+
+def metrics_csv(history: list[dict[str, Any]]) -> str:
+    """metrics.jsonl as a flat CSV, one row per epoch: epoch, step, lr, epoch_s, images_per_s, then loss.<term>,
+    top1_error.<model>, top5_error.<model> (for spreadsheets)."""
+    import csv
+    import io
+
+    rows = [{**{k: record.get(k) for k in CSV_FIRST}, **flat_groups(record, ".")} for record in history]
+    columns = list(dict.fromkeys([*CSV_FIRST, *(key for row in rows for key in row)]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
 
 
 class Tracker:
@@ -76,7 +98,7 @@ class TensorBoardTracker(Tracker):
     def __init__(self, folder: Path, confirmed: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        log_dir = folder / TENSORBOARD_DIR
+        log_dir = folder / runs.TENSORBOARD_DIR
         resumed = log_dir.is_dir() and any(log_dir.iterdir())
         # purge_step: the reader drops what an earlier session wrote at steps >= it (never confirmed here)
         self.writer = SummaryWriter(str(log_dir), purge_step=confirmed + 1 if resumed else None)
@@ -99,13 +121,15 @@ class WandbTracker(Tracker):
     def __init__(self, folder: Path, cfg, run_id: str) -> None:
         import wandb
 
+        from bench.config import to_dict
+
         lg = cfg.logging
         sweep = folder.parents[3] if len(folder.parents) > 3 else folder
         self.run = wandb.init(
             project=lg.wandb_project, entity=lg.wandb_entity or None, group=sweep.name,
             name=f"{cfg.dataset}/{cfg.backbone}/{cfg.method}/seed{cfg.seed}", id=run_id, resume="allow",
             mode=cfg.logging.wandb, dir=str(folder), tags=[cfg.method, cfg.backbone, cfg.dataset, f"seed{cfg.seed}"],
-            config=runs_config(cfg), reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+            config=to_dict(cfg), reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
 
@@ -124,12 +148,6 @@ def new_run_id() -> str:
     import string
 
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def runs_config(cfg) -> dict[str, Any]:
-    from bench.config import to_dict
-
-    return to_dict(cfg)
 
 
 class RunLoggers:
@@ -164,16 +182,16 @@ class RunLoggers:
         import json
 
         try:
-            state = json.loads((self.folder / STATE).read_text())
+            state = json.loads((self.folder / runs.LOGGERS_STATE).read_text())
             return state if isinstance(state, dict) else {}
         except (OSError, ValueError):
             return {}
 
     def _write_state(self) -> None:
         try:
-            runs.write_json(self.folder / STATE, self.state)
+            runs.write_json(self.folder / runs.LOGGERS_STATE, self.state)
         except Exception as err:  # the record of what was sent: losing it costs a re-send, never the run
-            print(f"warning: could not write {self.folder / STATE}: {err}", file=sys.stderr)
+            print(f"warning: could not write {self.folder / runs.LOGGERS_STATE}: {err}", file=sys.stderr)
 
     def _start(self, make) -> None:
         try:

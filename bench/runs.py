@@ -20,6 +20,8 @@ from bench.errors import UsageError
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"  # the same, flat, for spreadsheets
+LOGGERS_STATE = "loggers.json"  # the trackers' W&B run id and last epochs on disk (bench.loggers)
+TENSORBOARD_DIR = "tensorboard"
 CONFIG = "config.yaml"
 CHECKPOINT = "last.pt"
 
@@ -340,8 +342,6 @@ def remove_stale_temp_files(folder: Path, older_than_s: float = 0.0) -> None:
 
 def reset_run_folder(folder: Path) -> None:
     """Remove a run's files (for --force), leaving the folder itself."""
-    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", "loggers.json"):
+    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", LOGGERS_STATE):
         (Path(folder) / name).unlink(missing_ok=True)
-    import shutil
-
-    shutil.rmtree(Path(folder) / "tensorboard", ignore_errors=True)  # a new run starts a new TensorBoard record
+    shutil.rmtree(Path(folder) / TENSORBOARD_DIR, ignore_errors=True)  # a new run starts a new TensorBoard record

@@ -11,6 +11,7 @@ changed since they were drawn (`<out>/.drawn.json`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ DRAWN = ".drawn.json"
 PACKAGES = ("bench", "methods", "backbones")
 
 
+@functools.cache
 def code_fingerprint() -> str:
     """okd-bench's own source files (name, size, modification time): an edit or upgrade changes it."""
     h = hashlib.sha256()
@@ -57,16 +59,16 @@ def sweep_key(sweep_record: dict[str, Any], plugin_specs: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def records_fingerprint(folders: list[Path], names: tuple[str, ...] = (runs.SUMMARY,)) -> str | None:
-    """Size and modification time of each run's records; None when one is missing."""
+def records_fingerprint(folders: list[Path], names: tuple[str, ...] = (runs.SUMMARY,)) -> str:
+    """Size and modification time of each run's records (a missing one counts as missing)."""
     h = hashlib.sha256()
     for folder in sorted(folders):
         for name in names:
             try:
                 st = os.stat(Path(folder) / name)
+                h.update(f"{folder}/{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
             except OSError:
-                return None
-            h.update(f"{folder}/{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                h.update(f"{folder}/{name}|missing\n".encode())
     return h.hexdigest()
 
 
@@ -80,11 +82,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 def write_done(out: Path, key: str, folders: list[Path], printed: str) -> None:
     """Record that the sweep `key` is complete with these runs, and what it printed (best effort)."""
-    fingerprint = records_fingerprint(folders)
-    if fingerprint is None:
-        return
     try:
-        runs.write_json(Path(out) / DONE, {"key": key, "records": fingerprint, "runs": len(folders),
+        runs.write_json(Path(out) / DONE, {"key": key, "records": records_fingerprint(folders), "runs": len(folders),
                                            "printed": printed})
     except OSError:
         pass
@@ -97,27 +96,25 @@ def done_output(out: Path, key: str, folders: list[Path]) -> str | None:
         return None
     if records_fingerprint(folders) != stamp.get("records"):
         return None
-    for folder in folders:  # every run is still done (a run reset in place changes its summary anyway)
+    for folder in folders:  # every run is still done (a missing summary reads as {})
         if _read(Path(folder) / runs.SUMMARY).get("status") != "done":
             return None
     return stamp.get("printed") if isinstance(stamp.get("printed"), str) else None
 
 
-def drawn_is_current(out: Path, folders: list[Path]) -> tuple[bool, str | None, list[str]]:
+def drawn_is_current(out: Path, folders: list[Path]) -> tuple[bool, str, list[str]]:
     """(whether the tables and plots drawn last time still match every run's records and are all there, the
     fingerprint now, the files drawn last time)."""
-    fingerprint = records_fingerprint(folders, (runs.SUMMARY, runs.METRICS)) if folders else None
+    fingerprint = records_fingerprint(folders, (runs.SUMMARY, runs.METRICS))
     stamp = _read(Path(out) / DRAWN)
     files = [f for f in stamp.get("files", []) if isinstance(f, str)]
-    current = (fingerprint is not None and stamp.get("records") == fingerprint
+    current = (stamp.get("records") == fingerprint
                and stamp.get("code") == code_fingerprint() and bool(files)
                and all((Path(out) / f).is_file() for f in files))
     return current, fingerprint, files
 
 
-def write_drawn(out: Path, fingerprint: str | None, files: list[Path]) -> None:
-    if fingerprint is None:
-        return
+def write_drawn(out: Path, fingerprint: str, files: list[Path]) -> None:
     try:
         runs.write_json(Path(out) / DRAWN, {"records": fingerprint, "code": code_fingerprint(),
                                             "files": [str(Path(f).relative_to(out)) for f in files]})

@@ -39,7 +39,7 @@ from bench.compute import (
 from bench.config import RunConfig, to_dict
 from bench.distributed import world
 from bench.errors import UsageError
-from bench.loggers import RunLoggers
+from bench.loggers import RunLoggers, metrics_csv
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
@@ -149,29 +149,6 @@ def seed_everything(seed: int) -> None:
 
 def config_record(cfg: RunConfig) -> dict[str, Any]:
     return to_dict(cfg)
-
-
-def metrics_csv(history: list[dict[str, Any]]) -> str:
-    """metrics.jsonl as a flat CSV, one row per epoch: epoch, step, lr, epoch_s, images_per_s, then loss.<term>,
-    top1_error.<model>, top5_error.<model> (for spreadsheets)."""
-    import csv
-    import io
-
-    columns = ["epoch", "step", "lr", "epoch_s", "images_per_s"]
-    for record in history:
-        for group in ("loss", "top1_error", "top5_error"):
-            for name in record.get(group) or {}:
-                if f"{group}.{name}" not in columns:
-                    columns.append(f"{group}.{name}")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for record in history:
-        row = {k: record.get(k) for k in columns[:5]}
-        for group in ("loss", "top1_error", "top5_error"):
-            row.update({f"{group}.{k}": v for k, v in (record.get(group) or {}).items()})
-        writer.writerow(row)
-    return buffer.getvalue()
 
 
 def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:

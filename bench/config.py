@@ -21,8 +21,21 @@ import yaml
 from bench.errors import UsageError, did_you_mean, unknown
 
 
+class Settings:
+    """Base of the settings dataclasses. An instance unpickled from an older okd-bench (a SLURM job queued, or a
+    local job started, before an upgrade: submitit pickles its arguments) gets this version's defaults for the
+    settings added since, exactly as an older config.yaml does when it is read, instead of an AttributeError
+    deep inside the run."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name not in state:
+                state[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        self.__dict__.update(state)
+
+
 @dataclass
-class OptimConfig:
+class OptimConfig(Settings):
     """SGD with a multistep schedule (OKDDip defaults; ONE's script used wd 1e-4, no Nesterov)."""
 
     lr: float = 0.1
@@ -34,7 +47,7 @@ class OptimConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Settings):
     root: str = "data"
     download: bool = False
     batch_size: int = 128
@@ -45,7 +58,7 @@ class DataConfig:
 
 
 @dataclass
-class DatasetSource:
+class DatasetSource(Settings):
     """Where a dataset named on the command line comes from: `NAME=imagefolder:ROOT` (ROOT/train/<class>/*,
     ROOT/val/<class>/*) or `NAME=tinyimagenet:ROOT` (Tiny-ImageNet as distributed)."""
 
@@ -59,7 +72,7 @@ class DatasetSource:
 
 
 @dataclass
-class ComputeConfig:
+class ComputeConfig(Settings):
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N, mps
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere), bf16, off
     channels_last: bool = True
@@ -70,7 +83,7 @@ class ComputeConfig:
 
 
 @dataclass
-class LoggingConfig:
+class LoggingConfig(Settings):
     """Optional trackers mirroring metrics.jsonl (bench.loggers); not part of what makes a run's config."""
 
     tensorboard: bool = False  # event files in <run>/tensorboard
@@ -80,7 +93,7 @@ class LoggingConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything about one run except which grid cell it is."""
 
     epochs: int = 300

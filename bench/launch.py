@@ -82,6 +82,11 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
 class RunJob(submitit.helpers.Checkpointable):
     """The callable submitit runs for one run of a sweep; requeued as itself on preemption/time-out."""
 
+    # class-level defaults: a job pickled by an older okd-bench, without an attribute added since, reads these
+    threads: int | None = None
+    gpu: int | None = None
+    runs_per_device: int = 1
+
     def __init__(self, threads: int | None = None, gpu: int | None = None, runs_per_device: int = 1) -> None:
         self.threads, self.gpu, self.runs_per_device = threads, gpu, runs_per_device
 
@@ -128,6 +133,8 @@ class RunGroupJob(submitit.helpers.Checkpointable):
     """One SLURM task (one GPU) training K runs of the sweep at once, each in its own process
     (`--runs-per-device K`): small networks leave a GPU mostly idle, and K runs fill it. Requeued as itself;
     each run resumes from its own checkpoint."""
+
+    threads: int | None = None  # the default of a job pickled without it (see RunJob)
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads

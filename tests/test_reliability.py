@@ -409,3 +409,31 @@ def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, 
     assert json.loads((cut / runs.SUMMARY).read_text())["resumes"][0]["epoch"] == 1
     assert json.loads((done / runs.SUMMARY).read_text()) == summary  # untouched
     assert main(["table", str(out)]) == 0 and main(["export", str(done)]) == 0
+
+
+def test_a_job_pickled_by_an_older_version_runs_with_this_versions_defaults(tmp_path):
+    """A SLURM job queued (or a local job started) before an upgrade carries a pickle of the older RunJob and
+    RunConfig, without the attributes and settings added since: it trains with their defaults, as an older
+    config.yaml reads, instead of failing with an AttributeError inside the run."""
+    import submitit
+
+    from bench.config import SweepConfig, from_dict, load_preset
+    from bench.launch import RunJob
+    from bench.sweep import expand, validate
+
+    sweep = from_dict(SweepConfig, load_preset("demo"))
+    sweep.methods, sweep.backbones, sweep.seeds, sweep.epochs, sweep.out = ["dml"], ["cifar_resnet8"], [0], 1, \
+        str(tmp_path / "sweep")
+    (spec,) = expand(sweep, validate(sweep))
+    job = RunJob(threads=1)
+    # what the pickle of the previous versions holds: no RunJob.runs_per_device, no logging settings, no
+    # compute.cuda_graphs / cudnn_benchmark (pickle stores each object's __dict__ under its class's name)
+    del job.__dict__["runs_per_device"], spec.config.__dict__["logging"]
+    del spec.config.compute.__dict__["cuda_graphs"], spec.config.compute.__dict__["cudnn_benchmark"]
+    submitit.helpers.DelayedSubmission(job, spec).dump(tmp_path / "submitted.pkl")
+
+    result = submitit.helpers.DelayedSubmission.load(tmp_path / "submitted.pkl").result()
+
+    assert result["status"] == "done" and result["runs_per_device"] == 1
+    assert result["cuda_graphs"] is False and records.load_config(spec.folder).logging.wandb == "off"
+    assert [r["epoch"] for r in records.load_metrics(spec.folder)] == [1]

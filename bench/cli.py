@@ -325,7 +325,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
             pack.append(int(item))
     return run_speed(methods, names, args.device, args.batch_size, args.amp, not args.no_channels_last,
                      args.csv, args.rounds, args.steps, args.workers, args.optimizer, args.cuda_graphs, pack,
-                     args.paper_table, args.cudnn_benchmark)
+                     args.paper_table, args.cudnn_benchmark, args.branch_streams)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -407,6 +407,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graphs", default="auto", help="harness step as CUDA graphs: auto (on with CUDA), on, off")
     p.add_argument("--cudnn-benchmark", default="auto", help="cuDNN algorithm autotuning: auto (on with CUDA), on, "
                                                              "off")
+    p.add_argument("--branch-streams", default="off",
+                   help="on: also time the harness with each method's independent branches on concurrent CUDA "
+                        "streams (compute.branch_streams), side by side")
     p.add_argument("--pack", help="also measure K runs packed on the device, aggregate images/s (default on CUDA: "
                                   "1,2,4)")
     p.add_argument("--paper-table", action="store_true",

@@ -91,6 +91,7 @@ def optimisation_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 CUDA_GRAPHS = ("auto", "on", "off")
 CUDNN_BENCHMARK = ("auto", "on", "off")
+BRANCH_STREAMS = ("off", "on")
 
 
 def set_cudnn_benchmark(setting: str, device: torch.device) -> bool:
@@ -111,12 +112,43 @@ def use_cuda_graphs(setting: str, device: torch.device, world: int = 1, compiled
     return setting == "on" or (setting == "auto" and device.type == "cuda" and world == 1 and not compiled)
 
 
+def use_branch_streams(setting: str, device: torch.device, compiled: bool = False) -> bool:
+    """`compute.branch_streams`: on runs a method's independent branches (PCL's peers and mean teacher, DML's
+    networks, the branches of CL, ONE and OKDDip) on concurrent CUDA streams (`methods.batching.concurrently`): the
+    same kernels, overlapped. Off by default until measured on a GPU (`bench speed --branch-streams on`)."""
+    if choice("compute.branch_streams", setting, BRANCH_STREAMS) == "off":
+        return False
+    if device.type != "cuda":
+        raise UsageError("compute.branch_streams=on needs a CUDA device (streams are a CUDA feature)")
+    if compiled:
+        raise UsageError("compute.branch_streams=on cannot be combined with compute.compile=true")
+    return True
+
+
 def make_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, device: torch.device,
-              cuda_graphs: bool):
-    """The training step `(views, target, progress) -> (terms, total)`: a GraphedStep, or the eager step."""
-    if cuda_graphs:
-        return GraphedStep(module, optimizer, autocast, device)
-    return functools.partial(optimisation_step, module, optimizer, autocast)
+              cuda_graphs: bool, branch_streams: bool = False):
+    """The training step `(views, target, progress) -> (terms, total)`: a GraphedStep, or the eager step; with
+    `branch_streams`, run inside `methods.batching.branch_streams(True)`."""
+    step = (GraphedStep(module, optimizer, autocast, device) if cuda_graphs
+            else functools.partial(optimisation_step, module, optimizer, autocast))
+    return StreamedStep(step) if branch_streams else step
+
+
+class StreamedStep:
+    """A training step whose method runs its independent branches on concurrent CUDA streams."""
+
+    def __init__(self, step) -> None:
+        self.step = step
+
+    @property
+    def failed(self) -> str | None:  # a GraphedStep's capture failure, reported in summary.json
+        return getattr(self.step, "failed", None)
+
+    def __call__(self, views: list[Tensor], target: Tensor, progress: Progress) -> tuple[dict[str, Tensor], Tensor]:
+        from methods.batching import branch_streams
+
+        with branch_streams(True):
+            return self.step(views, target, progress)
 
 
 class GraphedStep:

@@ -80,6 +80,7 @@ class ComputeConfig(Settings):
     optimizer_impl: str = "auto"  # auto (fused on CUDA, foreach elsewhere), fused, foreach, loop
     cuda_graphs: str = "auto"  # auto (on for single-process CUDA runs without compile), on, off
     cudnn_benchmark: str = "auto"  # auto (on for CUDA: cuDNN times its algorithms per shape), on, off
+    branch_streams: str = "off"  # on: a method's independent branches/networks on concurrent CUDA streams (same math)
 
 
 @dataclass

@@ -96,12 +96,14 @@ class TrainPath:
     autocast: Callable
     device: torch.device
     cuda_graphs: bool = False
+    branch_streams: bool = False
     step: int = 0
 
     def __post_init__(self) -> None:
         from bench.compute import make_step
 
-        self.step_fn = make_step(self.method, self.optimizer, self.autocast, self.device, self.cuda_graphs)
+        self.step_fn = make_step(self.method, self.optimizer, self.autocast, self.device, self.cuda_graphs,
+                                 self.branch_streams)
 
     def train_step(self, batches: Iterator) -> None:
         views, target = next(batches)
@@ -184,11 +186,19 @@ def synthetic_cifar(batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 def harness_path(method_name: str, backbone: str, device: torch.device, batch_size: int, amp: str,
                  channels_last: bool, optimizer: str, cuda_graphs: str, seed: int,
-                 data: tuple[np.ndarray, np.ndarray]) -> tuple[TrainPath, Iterator]:
+                 data: tuple[np.ndarray, np.ndarray], branch_streams: str = "off",
+                 name: str = "harness") -> tuple[TrainPath, Iterator]:
     """The harness's training path as the trainer builds it (device-resident data, AMP, memory format, SGD
-    implementation, CUDA graphs); returns it and its endless batch iterator."""
+    implementation, CUDA graphs, branch streams); returns it and its endless batch iterator."""
     from backbones import create_backbone
-    from bench.compute import autocast_context, autocast_dtype, build_optimizer, optimizer_impl, use_cuda_graphs
+    from bench.compute import (
+        autocast_context,
+        autocast_dtype,
+        build_optimizer,
+        optimizer_impl,
+        use_branch_streams,
+        use_cuda_graphs,
+    )
     from bench.config import OptimConfig
 
     amp_dtype = autocast_dtype(amp, device)
@@ -204,13 +214,16 @@ def harness_path(method_name: str, backbone: str, device: torch.device, batch_si
     def autocast():
         return autocast_context(device, amp_dtype)
 
-    graphs = use_cuda_graphs(cuda_graphs, device)
-    return TrainPath("harness", method.train(), optim, lambda: batches, autocast, device, graphs), batches
+    graphs, streams = use_cuda_graphs(cuda_graphs, device), use_branch_streams(branch_streams, device)
+    return TrainPath(name, method.train(), optim, lambda: batches, autocast, device, graphs, streams), batches
 
 
 def measure(method_name: str, backbone: str, device: torch.device, batch_size: int = 128, amp: str = "auto",
             channels_last: bool = True, optimizer: str = "auto", rounds: int = 3, steps: int = 4, warmup: int = 2,
-            workers: int = 2, seed: int = 0, data_batches: int = 24, cuda_graphs: str = "auto") -> dict:
+            workers: int = 2, seed: int = 0, data_batches: int = 24, cuda_graphs: str = "auto",
+            branch_streams: str = "off") -> dict:
+    """Images/s of the harness and the reference-style path (and, with `branch_streams` on, the harness with its
+    branches on concurrent CUDA streams), alternating in rounds after warm-up; data rates, FLOPs, peak memory."""
     from backbones import create_backbone
     from bench.compute import amp_name, autocast_dtype, optimizer_impl
     from bench.config import OptimConfig
@@ -225,8 +238,13 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
     ref_opts = {"batch_views": "off"} if method_name == "pcl" else {}
     reference_method = build_method(method_name, lambda: create_backbone(backbone, 100), 100, ref_opts).to(device)
     ref_loader = reference_loader(images, labels, harness_method.views, batch_size, workers, steps, seed)
+    streamed = []
+    if branch_streams == "on":
+        streamed = [harness_path(method_name, backbone, device, batch_size, amp, channels_last, optimizer, cuda_graphs,
+                                 seed, (images, labels), "on", "streams")[0]]
     paths = [
         harness,
+        *streamed,
         TrainPath("reference", reference_method.train(), torch.optim.SGD(  # torch's default implementation
                       _params(reference_method), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
                       weight_decay=optim.weight_decay),
@@ -262,6 +280,8 @@ def measure(method_name: str, backbone: str, device: torch.device, batch_size: i
         "amp": amp_name(amp_dtype), "channels_last": channels_last,
         "optimizer_impl": impl, "cuda_graphs": harness.cuda_graphs,
         "peak_tflop_s": peak_tflops(device, amp_dtype),
+        **({"streams_img_s": img_s["streams"], "streams_speedup": img_s["streams"] / img_s["harness"]}
+           if streamed else {}),
     }
 
 
@@ -350,17 +370,19 @@ def harness_rate(method_name: str, backbone: str, device: torch.device, batch_si
 def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_size: int, amp: str,
               channels_last: bool, csv_path: Path | None, rounds: int, steps: int, workers: int,
               optimizer: str = "auto", cuda_graphs: str = "auto", pack: list[int] | None = None,
-              paper_table: bool = False, cudnn_benchmark: str = "auto") -> int:
+              paper_table: bool = False, cudnn_benchmark: str = "auto", branch_streams: str = "off") -> int:
     from bench.compute import (
         amp_name,
         autocast_dtype,
         optimizer_impl,
         resolve_device,
         set_cudnn_benchmark,
+        use_branch_streams,
         use_cuda_graphs,
     )
 
     device = resolve_device(device_name)
+    streams = use_branch_streams(branch_streams, device)
     benchmark = set_cudnn_benchmark(cudnn_benchmark, device)
     if batch_size < 2:
         raise UsageError(f"--batch-size must be at least 2, got {batch_size}")
@@ -373,6 +395,7 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
     rows = []
     header = (f"{'method':<8} {'backbone':<16} {'harness img/s':>13} {'reference img/s':>15} {'speedup':>7} "
               f"{'data x':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} {'% peak':>6} {'peak MB (h/r)':>14}"
+              + (f" {'streams img/s':>13} {'x':>5}" if streams else "")
               + "".join(f" {f'K={k} img/s':>11} {'xK=1':>5}" for k in pack))
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
           f"{torch.get_num_threads()} threads), batch {batch_size}, rounds {rounds} x {steps} steps; harness: amp "
@@ -382,7 +405,7 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
     for backbone in backbones:
         for method in methods:
             row = measure(method, backbone, device, batch_size, amp, channels_last, optimizer, rounds, steps,
-                          workers=workers, cuda_graphs=cuda_graphs)
+                          workers=workers, cuda_graphs=cuda_graphs, branch_streams=branch_streams)
             for k in pack:
                 row[f"packed{k}_img_s"] = measure_packed(method, backbone, device, k, batch_size, amp, channels_last,
                                                          optimizer, cuda_graphs, cudnn_benchmark)
@@ -394,6 +417,7 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
             print(f"{method:<8} {backbone:<16} {row['harness_img_s']:>13.0f} {row['reference_img_s']:>15.0f} "
                   f"{row['speedup']:>6.2f}x {row['data_speedup']:>6.1f}x {row['train_gflop_per_img']:>9.3f} "
                   f"{row['harness_tflop_s']:>8.3f} {share:>6} {mem:>14}"
+                  + (f" {row['streams_img_s']:>13.0f} {row['streams_speedup']:>4.2f}x" if streams else "")
                   + "".join(f" {row[f'packed{k}_img_s']:>11.0f} {row[f'packed{k}_img_s'] / row['harness_img_s']:>4.2f}x"
                             for k in pack), flush=True)
     if paper_table:
@@ -401,7 +425,8 @@ def run_speed(methods: list[str], backbones: list[str], device_name: str, batch_
     if csv_path:
         from bench import runs
 
-        columns = COLUMNS + [f"packed{k}_img_s" for k in pack]
+        columns = COLUMNS + (["streams_img_s", "streams_speedup"] if streams else []) + [
+            f"packed{k}_img_s" for k in pack]
 
         def write(f):
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -176,20 +176,31 @@ def check_compute(compute) -> None:
     them for the CPU checks the names; whether the device is present is for the machine that runs)."""
     import torch
 
-    from bench.compute import CUDA_GRAPHS, CUDNN_BENCHMARK, autocast_dtype, choice, optimizer_impl, parse_device
+    from bench.compute import (
+        BRANCH_STREAMS,
+        CUDA_GRAPHS,
+        CUDNN_BENCHMARK,
+        autocast_dtype,
+        choice,
+        optimizer_impl,
+        parse_device,
+    )
 
     autocast_dtype(compute.amp, torch.device("cpu"))
     optimizer_impl(compute.optimizer_impl, torch.device("cpu"))
     parse_device(compute.device, "compute.device")
     choice("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)  # (whether it applies: on the running machine)
     choice("compute.cudnn_benchmark", compute.cudnn_benchmark, CUDNN_BENCHMARK)
+    if choice("compute.branch_streams", compute.branch_streams, BRANCH_STREAMS) == "on" and compute.compile:
+        raise UsageError("compute.branch_streams=on cannot be combined with compute.compile=true")
 
 
 def check_device_here(compute) -> None:
-    """For runs on this machine: the device exists here (CUDA asked for where there is none fails now)."""
-    from bench.compute import resolve_device
+    """For runs on this machine: the device exists here (CUDA asked for where there is none fails now), and
+    what needs CUDA gets it."""
+    from bench.compute import resolve_device, use_branch_streams
 
-    resolve_device(compute.device)
+    use_branch_streams(compute.branch_streams, resolve_device(compute.device), compute.compile)
 
 
 def check_data(sweep: SweepConfig) -> None:

@@ -34,6 +34,7 @@ from bench.compute import (
     optimizer_impl,
     resolve_device,
     set_cudnn_benchmark,
+    use_branch_streams,
     use_cuda_graphs,
 )
 from bench.config import RunConfig, to_dict
@@ -238,7 +239,9 @@ class Trainer:
         self.optimizer = build_optimizer([p for p in self.method.parameters() if p.requires_grad], cfg.optim,
                                          self.optimizer_impl)
         self.cuda_graphs = use_cuda_graphs(cfg.compute.cuda_graphs, self.device, self.world, cfg.compute.compile)
-        self.step_fn = make_step(self.train_module, self.optimizer, self.autocast, self.device, self.cuda_graphs)
+        self.branch_streams = use_branch_streams(cfg.compute.branch_streams, self.device, cfg.compute.compile)
+        self.step_fn = make_step(self.train_module, self.optimizer, self.autocast, self.device, self.cuda_graphs,
+                                 self.branch_streams)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
 
     def autocast(self):
@@ -423,6 +426,7 @@ class Trainer:
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "cuda_graphs": self.cuda_graphs and not getattr(self.step_fn, "failed", None),
             "cudnn_benchmark": self.cudnn_benchmark, "runs_per_device": self.runs_per_device,
+            "branch_streams": self.branch_streams,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),

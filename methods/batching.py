@@ -1,14 +1,19 @@
-"""Running several views through one module in a single call while keeping BatchNorm statistics per
-view, as if each view had been its own call (the reference computation): bigger, fewer kernels, same math."""
+"""Running a step's work in fewer, bigger or overlapping kernels with the same math: several views through one
+module in a single call with BatchNorm statistics per view (as if each view had been its own call, the reference
+computation), and independent branches on concurrent CUDA streams."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 def _grouped_bn_forward(bn: nn.modules.batchnorm._BatchNorm, groups: int):
@@ -40,3 +45,66 @@ def per_group_batchnorm(module: nn.Module, groups: int) -> Iterator[None]:
     finally:
         for bn in patched:
             bn.__dict__.pop("forward", None)  # (torch.compile may have dropped the instance attribute already)
+
+
+# ---------------------------------------------------------------------------------------------
+# independent branches on concurrent CUDA streams
+
+_STREAMS_ON: contextvars.ContextVar[bool] = contextvars.ContextVar("okd_bench_branch_streams", default=False)
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("okd_bench_branch_stream_depth", default=0)
+_POOL: dict[tuple[torch.device, int, int], torch.cuda.Stream] = {}
+
+
+@contextlib.contextmanager
+def branch_streams(enabled: bool) -> Iterator[None]:
+    """Within the context, `concurrently` puts each call on its own CUDA stream (`compute.branch_streams`, set by
+    the trainer around its training steps)."""
+    token = _STREAMS_ON.set(enabled)
+    try:
+        yield
+    finally:
+        _STREAMS_ON.reset(token)
+
+
+def _side_stream(device: torch.device, depth: int, index: int) -> torch.cuda.Stream:
+    key = (device, depth, index)
+    if key not in _POOL:
+        _POOL[key] = torch.cuda.Stream(device)
+    return _POOL[key]
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    from torch.utils._pytree import tree_leaves
+
+    return [t for t in tree_leaves(tree) if isinstance(t, Tensor) and t.is_cuda]
+
+
+def concurrently(calls: Sequence[Callable[[], T]], inputs: Any = None) -> list[T]:
+    """`[call() for call in calls]`, the same kernels in the same order per call; inside `branch_streams(True)` on
+    CUDA each call runs on its own side stream, forked from and joined back to the current stream, so that
+    independent branches (PCL's peers and its mean teacher, DML's networks, ONE's branches) overlap on the GPU
+    instead of queueing one small kernel after another. Autograd runs each backward op on its forward op's
+    stream, so the backward passes overlap too; a CUDA graph captures the fork and join as graph edges.
+    `inputs`: tensors the calls read that were made on the current stream (kept alive for the side streams)."""
+    if not _STREAMS_ON.get() or len(calls) < 2 or not torch.cuda.is_available():
+        return [call() for call in calls]
+    main = torch.cuda.current_stream()
+    depth = _DEPTH.get()
+    token = _DEPTH.set(depth + 1)
+    outs: list[T] = []
+    try:
+        for index, call in enumerate(calls):
+            side = _side_stream(main.device, depth, index)
+            side.wait_stream(main)
+            for t in _tensors(inputs):
+                t.record_stream(side)  # the caching allocator must not hand their memory out while `side` reads
+            with torch.cuda.stream(side):
+                out = call()
+            for t in _tensors(out):
+                t.record_stream(main)  # made on `side`, read on the current stream from here on
+            outs.append(out)
+    finally:
+        _DEPTH.reset(token)
+    for index in range(len(calls)):
+        main.wait_stream(_side_stream(main.device, depth, index))
+    return outs

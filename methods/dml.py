@@ -29,7 +29,7 @@ class DML(IndependentNetworks):
     Options = DMLOptions
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
-        logits = [net(views[0]) for net in self.nets]
+        logits = self.run_networks([views[0]] * len(self.nets))
         m, t = len(logits), self.opts.temperature
         ce = sum(F.cross_entropy(z, target) for z in logits)
         kl = sum(kd_loss(z_i, z_j.detach(), t) for i, z_i in enumerate(logits)

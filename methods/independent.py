@@ -3,11 +3,14 @@ models `net0..net{m-1}` and the mean-logit `ensemble`; network 0 is the deployed
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod
+from methods.batching import concurrently
 from methods.multibranch import indexed
 
 
@@ -22,8 +25,12 @@ class IndependentNetworks(OnlineKDMethod):
             raise UsageError(f"{self.name} needs num_networks >= 2, got {opts.num_networks}")
         self.nets = nn.ModuleList(backbone() for _ in range(opts.num_networks))
 
+    def run_networks(self, inputs: list[Tensor]) -> list[Tensor]:
+        """Network i on inputs[i] (concurrently on CUDA streams with `compute.branch_streams=on`)."""
+        return concurrently([partial(net, x) for net, x in zip(self.nets, inputs)], inputs=inputs)
+
     def eval_logits(self, x: Tensor) -> dict[str, Tensor]:
-        logits = {f"net{i}": net(x) for i, net in enumerate(self.nets)}
+        logits = {f"net{i}": z for i, z in enumerate(self.run_networks([x] * len(self.nets)))}
         logits["ensemble"] = torch.stack(list(logits.values())).mean(0)
         return logits
 

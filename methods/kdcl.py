@@ -81,7 +81,7 @@ class KDCL(IndependentNetworks):
         return build(logits.detach(), target)
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
-        logits = [net(views[i % len(views)]) for i, net in enumerate(self.nets)]
+        logits = self.run_networks([views[i % len(views)] for i in range(len(self.nets))])
         teacher = self.teacher(torch.stack(logits), target)
         return {
             "ce": sum(F.cross_entropy(z, target) for z in logits),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 from torch import Tensor, nn
 
 from backbones.branching import plain_state_dict, split_model
 from bench.errors import UsageError, unknown
 from methods.base import BackboneFactory
+from methods.batching import concurrently
 
 
 @dataclass
@@ -42,7 +44,7 @@ class SharedTrunk(nn.Module):
         self.pool = first.pool  # trunk output -> [B, C] (NCHW, NHWC or tokens)
 
     def run_branches(self, shared: Tensor) -> list[tuple[Tensor, Tensor]]:
-        return [branch(shared) for branch in self.branches]
+        return concurrently([partial(branch, shared) for branch in self.branches], inputs=shared)
 
     def network_state_dict(self, index: int) -> dict[str, Tensor]:
         """Trunk + branch `index` as the plain backbone's state dict."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from bench.errors import UsageError, unknown
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
-from methods.batching import per_group_batchnorm
+from methods.batching import concurrently, per_group_batchnorm
 from methods.losses import kd_loss
 from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
@@ -60,13 +61,11 @@ class PCL(OnlineKDMethod):
         m, t, w = self.opts.num_peers, self.opts.temperature, progress.rampup
         if len(views) != m:
             raise ValueError(f"pcl expects {m} views per batch, got {len(views)}")
-        shared = self.trunk_views(self.net, views)
-        peers = [branch(x) for branch, x in zip(self.net.branches, shared)]
+        peers, mean_teacher = concurrently([partial(self.peer_views, self.net, views),
+                                            partial(self.peer_views, self.mean_teacher, views, False)], inputs=views)
         logits = [z for z, _ in peers]
+        mean_logits = [z for z, _ in mean_teacher]
         ensemble = self.ensemble_head(torch.cat([h for _, h in peers], dim=1))
-        with torch.no_grad():
-            teacher_shared = self.trunk_views(self.mean_teacher, views)
-            mean_logits = [branch(x)[0] for branch, x in zip(self.mean_teacher.branches, teacher_shared)]
         teacher = ensemble.detach()
         return {
             "ce_ensemble": F.cross_entropy(ensemble, target),
@@ -75,6 +74,12 @@ class PCL(OnlineKDMethod):
             "kd_mean_teacher": (w / (m - 1)) * sum(
                 kd_loss(z_i, z_t, t) for i, z_i in enumerate(logits) for j, z_t in enumerate(mean_logits) if j != i),
         }
+
+    def peer_views(self, net: SharedTrunk, views: list[Tensor], grad: bool = True) -> list[tuple[Tensor, Tensor]]:
+        """peer_i(trunk(x_i)) of `net` (the peers or their mean teacher): [(logits, pooled feature)] per view."""
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            shared = self.trunk_views(net, views)
+            return concurrently([partial(branch, x) for branch, x in zip(net.branches, shared)], inputs=shared)
 
     def trunk_views(self, net: SharedTrunk, views: list[Tensor]) -> list[Tensor]:
         """trunk(x_i) for every view: one batched call with per-view BatchNorm statistics (the same math

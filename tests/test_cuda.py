@@ -2,7 +2,8 @@
 
 bf16 autocast against fp32 (the references train in fp32), fused SGD against foreach, the device data pipeline
 against the CPU one, batched PCL views against per-view calls, CUDA graphs and torch.compile against eager,
-resume on CUDA against an uninterrupted run, DDP over NCCL (needs two GPUs)."""
+resume on CUDA against an uninterrupted run, branches on concurrent streams against one stream, DDP over NCCL
+(needs two GPUs)."""
 
 from __future__ import annotations
 
@@ -152,6 +153,33 @@ def test_compiled_step_equals_the_eager_step(method):
         assert torch.allclose(terms_a[name], terms_b[name], rtol=1e-4, atol=1e-5), name
     for a, b in zip(params_a, params_b):
         assert torch.allclose(a, b, rtol=1e-2, atol=1e-4)
+
+
+def test_concurrently_runs_each_call_on_its_own_stream_and_joins_back():
+    from methods.batching import branch_streams, concurrently
+
+    x = torch.randn(64, 64, device=CUDA)
+    calls = [lambda: (torch.cuda.current_stream().cuda_stream, x @ x), lambda: (torch.cuda.current_stream().cuda_stream,
+                                                                              x.relu())]
+    main_stream = torch.cuda.current_stream().cuda_stream
+    with branch_streams(True):
+        (s0, a), (s1, b) = concurrently(calls, inputs=x)
+    assert len({main_stream, s0, s1}) == 3 and torch.cuda.current_stream().cuda_stream == main_stream
+    assert torch.equal(a, x @ x) and torch.equal(b, x.relu())
+
+
+@pytest.mark.parametrize("method", ["pcl", "dml", "one"])
+@pytest.mark.parametrize("graphs", ["off", "on"])
+def test_branch_streams_train_exactly_like_one_stream(method, graphs, tmp_path):
+    """compute.branch_streams=on runs the same kernels, overlapped: with deterministic kernels the losses and
+    errors are those of the one-stream run exactly (a difference would be a missing stream synchronisation)."""
+    one = train_run(config(method, 2, cuda_graphs=graphs), tmp_path / "one", progress_bar=False)
+    streamed = train_run(config(method, 2, cuda_graphs=graphs, branch_streams="on"), tmp_path / "streams",
+                         progress_bar=False)
+    assert streamed["branch_streams"] is True and one["branch_streams"] is False
+    assert streamed["cuda_graphs"] == (graphs == "on")  # the graph captured the fork and join (no eager fallback)
+    assert losses(tmp_path / "streams") == losses(tmp_path / "one")
+    assert streamed["final"] == one["final"]
 
 
 @pytest.mark.parametrize("graphs", ["off", "on"])

@@ -51,8 +51,7 @@ def per_group_batchnorm(module: nn.Module, groups: int) -> Iterator[None]:
 # independent branches on concurrent CUDA streams
 
 _STREAMS_ON: contextvars.ContextVar[bool] = contextvars.ContextVar("okd_bench_branch_streams", default=False)
-_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("okd_bench_branch_stream_depth", default=0)
-_POOL: dict[tuple[torch.device, int, int], torch.cuda.Stream] = {}
+_POOL: dict[tuple[int, int], torch.cuda.Stream] = {}
 
 
 @contextlib.contextmanager
@@ -66,10 +65,12 @@ def branch_streams(enabled: bool) -> Iterator[None]:
         _STREAMS_ON.reset(token)
 
 
-def _side_stream(device: torch.device, depth: int, index: int) -> torch.cuda.Stream:
-    key = (device, depth, index)
+def _side_stream(parent: torch.cuda.Stream, index: int) -> torch.cuda.Stream:
+    """The `index`-th side stream forked from `parent`: the same ones every step (CUDA graphs replay them), and
+    nested calls from different parents (PCL's peers and mean teacher) on different streams."""
+    key = (parent.cuda_stream, index)
     if key not in _POOL:
-        _POOL[key] = torch.cuda.Stream(device)
+        _POOL[key] = torch.cuda.Stream(parent.device)
     return _POOL[key]
 
 
@@ -89,22 +90,17 @@ def concurrently(calls: Sequence[Callable[[], T]], inputs: Any = None) -> list[T
     if not _STREAMS_ON.get() or len(calls) < 2 or not torch.cuda.is_available():
         return [call() for call in calls]
     main = torch.cuda.current_stream()
-    depth = _DEPTH.get()
-    token = _DEPTH.set(depth + 1)
+    sides = [_side_stream(main, index) for index in range(len(calls))]
     outs: list[T] = []
-    try:
-        for index, call in enumerate(calls):
-            side = _side_stream(main.device, depth, index)
-            side.wait_stream(main)
-            for t in _tensors(inputs):
-                t.record_stream(side)  # the caching allocator must not hand their memory out while `side` reads
-            with torch.cuda.stream(side):
-                out = call()
-            for t in _tensors(out):
-                t.record_stream(main)  # made on `side`, read on the current stream from here on
-            outs.append(out)
-    finally:
-        _DEPTH.reset(token)
-    for index in range(len(calls)):
-        main.wait_stream(_side_stream(main.device, depth, index))
+    for side, call in zip(sides, calls):
+        side.wait_stream(main)
+        for t in _tensors(inputs):
+            t.record_stream(side)  # the caching allocator must not hand their memory out while `side` reads
+        with torch.cuda.stream(side):
+            out = call()
+        for t in _tensors(out):
+            t.record_stream(main)  # made on `side`, read on the current stream from here on
+        outs.append(out)
+    for side in sides:
+        main.wait_stream(side)
     return outs

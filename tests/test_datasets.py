@@ -194,12 +194,12 @@ def test_image_size_resizes_digits_once_and_scales_the_padding():
 
 def test_backbone_too_big_for_the_images_is_refused_up_front_then_runs_resized(tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["run", "--methods", "pcl", "--datasets", "digits", "--backbones", "convnext_atto", "--seeds", "0",
+    args = ["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "convnext_atto", "--seeds", "0",
             "--epochs", "1", "--out", str(out), "--launcher", "inline", "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs at least 32x32" in err and "data.image_size=32" in err
     assert not out.exists()
     assert main([*args, "data.image_size=32"]) == 0
-    summary = json.loads((out / "digits" / "convnext_atto" / "pcl" / "seed0" / "summary.json").read_text())
+    summary = json.loads((out / "digits" / "convnext_atto" / "vanilla" / "seed0" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["image_size"] == 32

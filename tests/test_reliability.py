@@ -376,8 +376,9 @@ def test_a_full_disk_is_named_with_its_path_and_corrupts_nothing(tiny_disk, caps
 
 
 def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, capsys):
-    """A sweep written before compute.cuda_graphs/cudnn_benchmark, deployed files and process identities existed:
-    its finished run is skipped (not 'a different config'), its unfinished run resumes, tables and export work."""
+    """A sweep written before compute.cuda_graphs/cudnn_benchmark/branch_streams, deployed files and process
+    identities existed: its finished run is skipped (not 'a different config'), its unfinished run resumes, tables
+    and export work."""
     import yaml
 
     from tests.conftest import train_until_interrupted
@@ -392,11 +393,11 @@ def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, 
     train_until_interrupted(cut_config, cut, epoch=1)  # seed 1: one epoch done, then killed
     for folder in (done, cut):  # as the previous version wrote them
         config = yaml.safe_load((folder / runs.CONFIG).read_text())
-        for key in ("cuda_graphs", "cudnn_benchmark"):
+        for key in ("cuda_graphs", "cudnn_benchmark", "branch_streams"):
             del config["compute"][key]
         (folder / runs.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     summary = json.loads((done / runs.SUMMARY).read_text())
-    for key in ("deployed", "cuda_graphs", "cudnn_benchmark", "runs_per_device"):
+    for key in ("deployed", "cuda_graphs", "cudnn_benchmark", "runs_per_device", "branch_streams"):
         summary.pop(key)
     (done / runs.SUMMARY).write_text(json.dumps(summary))
     for name in ("deployed.safetensors", "deployed.json"):

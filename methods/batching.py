@@ -75,9 +75,14 @@ def _side_stream(parent: torch.cuda.Stream, index: int) -> torch.cuda.Stream:
 
 
 def _tensors(tree: Any) -> list[Tensor]:
-    from torch.utils._pytree import tree_leaves
-
-    return [t for t in tree_leaves(tree) if isinstance(t, Tensor) and t.is_cuda]
+    """The CUDA tensors in a tensor, or a (nested) list, tuple or dict of them."""
+    if isinstance(tree, Tensor):
+        return [tree] if tree.is_cuda else []
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
 
 
 def concurrently(calls: Sequence[Callable[[], T]], inputs: Any = None) -> list[T]:

@@ -112,16 +112,24 @@ def use_cuda_graphs(setting: str, device: torch.device, world: int = 1, compiled
     return setting == "on" or (setting == "auto" and device.type == "cuda" and world == 1 and not compiled)
 
 
+def branch_streams_asked(setting: str, compiled: bool = False) -> bool:
+    """Whether `compute.branch_streams` is on: a known choice, and not together with compute.compile (checked
+    without a device, for the sweep's up-front validation)."""
+    if choice("compute.branch_streams", setting, BRANCH_STREAMS) == "off":
+        return False
+    if compiled:
+        raise UsageError("compute.branch_streams=on cannot be combined with compute.compile=true")
+    return True
+
+
 def use_branch_streams(setting: str, device: torch.device, compiled: bool = False) -> bool:
     """`compute.branch_streams`: on runs a method's independent branches (PCL's peers and mean teacher, DML's
     networks, the branches of CL, ONE and OKDDip) on concurrent CUDA streams (`methods.batching.concurrently`): the
     same kernels, overlapped. Off by default until measured on a GPU (`bench speed --branch-streams on`)."""
-    if choice("compute.branch_streams", setting, BRANCH_STREAMS) == "off":
+    if not branch_streams_asked(setting, compiled):
         return False
     if device.type != "cuda":
         raise UsageError("compute.branch_streams=on needs a CUDA device (streams are a CUDA feature)")
-    if compiled:
-        raise UsageError("compute.branch_streams=on cannot be combined with compute.compile=true")
     return True
 
 

@@ -177,10 +177,10 @@ def check_compute(compute) -> None:
     import torch
 
     from bench.compute import (
-        BRANCH_STREAMS,
         CUDA_GRAPHS,
         CUDNN_BENCHMARK,
         autocast_dtype,
+        branch_streams_asked,
         choice,
         optimizer_impl,
         parse_device,
@@ -191,8 +191,7 @@ def check_compute(compute) -> None:
     parse_device(compute.device, "compute.device")
     choice("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)  # (whether it applies: on the running machine)
     choice("compute.cudnn_benchmark", compute.cudnn_benchmark, CUDNN_BENCHMARK)
-    if choice("compute.branch_streams", compute.branch_streams, BRANCH_STREAMS) == "on" and compute.compile:
-        raise UsageError("compute.branch_streams=on cannot be combined with compute.compile=true")
+    branch_streams_asked(compute.branch_streams, compute.compile)
 
 
 def check_device_here(compute) -> None:

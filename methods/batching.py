@@ -96,10 +96,10 @@ def concurrently(calls: Sequence[Callable[[], T]], inputs: Any = None) -> list[T
         return [call() for call in calls]
     main = torch.cuda.current_stream()
     sides = [_side_stream(main, index) for index in range(len(calls))]
-    outs: list[T] = []
+    shared, outs = _tensors(inputs), []
     for side, call in zip(sides, calls):
         side.wait_stream(main)
-        for t in _tensors(inputs):
+        for t in shared:
             t.record_stream(side)  # the caching allocator must not hand their memory out while `side` reads
         with torch.cuda.stream(side):
             out = call()

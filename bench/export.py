@@ -170,7 +170,7 @@ def activate_run_plugins(cfg, folder: Path) -> None:
 
 def load_finished_run(folder: Path):
     """(summary, config, method with the run's final weights) of a finished run; one UsageError otherwise."""
-    from bench.train import load_method_weights
+    from bench.checkpoint import load_method_weights
     from methods import build_method
 
     folder = Path(folder)

@@ -145,18 +145,31 @@ def load_metrics(folder: Path) -> list[dict]:
             if i == len(lines) and not text.endswith("\n"):
                 break  # a write cut short
             raise Malformed(path, f"line {i} is not valid JSON") from None
-        _check(path, isinstance(rec, dict), f"line {i} should be a JSON object")
-        _check(path, _is_int(rec.get("epoch")), f"line {i}: 'epoch' should be an integer, got {rec.get('epoch')!r}")
-        for key in ("top1_error", "top5_error"):
-            errs = rec.get(key, {})
-            _check(path, isinstance(errs, dict), f"line {i}: '{key}' should map eval models to errors")
-            for model, err in errs.items():
-                _check(path, _is_number(err) and math.isfinite(err) and 0 <= err <= 100,
-                       f"line {i}: {key} of {model} is {err!r}, not a percentage")
-        for key in ("epoch_s", "images_per_s"):
-            _optional(path, rec, key, _is_number, "a number")
+        check_epoch_record(path, rec, f"line {i}")
         records.append(rec)
     return records
+
+
+def check_epoch_record(path: Path, rec: Any, where: str, complete: bool = False) -> None:
+    """One epoch's record (a metrics.jsonl line, an entry of a checkpoint's history). `complete`: every field the
+    trainer reads back is required (a checkpoint's history), not only the epoch and its errors."""
+    _check(path, isinstance(rec, dict), f"{where} should be a JSON object")
+    _check(path, _is_int(rec.get("epoch")), f"{where}: 'epoch' should be an integer, got {rec.get('epoch')!r}")
+    for key in ("top1_error", "top5_error"):
+        errs = rec.get(key, None if complete else {})
+        _check(path, isinstance(errs, dict), f"{where}: '{key}' should map eval models to errors, got {errs!r}")
+        for model, err in errs.items():
+            _check(path, _is_number(err) and math.isfinite(err) and 0 <= err <= 100,
+                   f"{where}: {key} of {model} is {err!r}, not a percentage")
+    for key in ("epoch_s", "images_per_s", "lr"):
+        if complete:
+            _check(path, _is_number(rec.get(key)) and math.isfinite(rec[key]) and rec[key] >= 0,
+                   f"{where}: '{key}' should be a non-negative number, got {rec.get(key)!r}")
+        else:
+            _optional(path, rec, key, _is_number, "a number")
+    if complete:
+        _check(path, isinstance(rec.get("loss"), dict) and all(_is_number(v) for v in rec["loss"].values()),
+               f"{where}: 'loss' should map loss terms to numbers, got {rec.get('loss')!r}")
 
 
 def load_config(folder: Path):
@@ -214,8 +227,10 @@ def load_manifest(out: Path) -> dict:
 
 
 def check_checkpoint(path: Path, state: Any, epochs: int) -> None:
-    """The contents of a loaded last.pt: every key the trainer needs, with sane types and an epoch within the
-    run's configured epochs (a larger one cannot belong to this run)."""
+    """The contents of a loaded last.pt: every key the trainer reads, with its type, an epoch within the run's
+    configured epochs (a larger one cannot belong to this run), whole history records numbered 1..epoch, a `best`
+    that the summary's reader accepts, and RNG states that can be restored. Whether the method and optimizer states
+    fit the live model is bench.checkpoint.check_fits."""
     _check(path, isinstance(state, dict), f"should hold a mapping, got {type(state).__name__}")
     missing = [k for k in ("method", "optimizer", "epoch", "step", "history", "best", "rng") if k not in state]
     _check(path, not missing, f"missing {', '.join(missing)}")
@@ -224,8 +239,47 @@ def check_checkpoint(path: Path, state: Any, epochs: int) -> None:
     epoch, step = state["epoch"], state["step"]
     _check(path, _is_int(epoch) and 0 <= epoch <= epochs, f"epoch {epoch!r} is outside this run's 0..{epochs}")
     _check(path, _is_int(step) and step >= 0, f"step {step!r} is not a step count")
-    _check(path, isinstance(state["history"], list) and len(state["history"]) == epoch,
-           f"history has {len(state['history']) if isinstance(state['history'], list) else '?'} epochs, expected "
-           f"{epoch}")
-    _check(path, all(isinstance(r, dict) for r in state["history"]) and isinstance(state["best"], dict)
-           and isinstance(state["rng"], dict), "history, best or rng has the wrong type")
+    history = state["history"]
+    _check(path, isinstance(history, list) and len(history) == epoch,
+           f"history has {len(history) if isinstance(history, list) else '?'} epochs, expected {epoch}")
+    for i, rec in enumerate(history):
+        check_epoch_record(path, rec, f"history entry {i + 1}", complete=True)
+        _check(path, rec["epoch"] == i + 1, f"history entry {i + 1} is numbered epoch {rec['epoch']}")
+    _errors_by_model(path, state["best"], "best")
+    for model, rec in state["best"].items():
+        _check(path, _is_int(rec.get("epoch")) and 1 <= rec["epoch"] <= epoch,
+               f"'best.{model}.epoch' is {rec.get('epoch')!r}, not an epoch of 1..{epoch}")
+    for key in ("resumes", "rejected"):
+        value = state.get(key, [])
+        _check(path, isinstance(value, list) and all(isinstance(r, dict) for r in value),
+               f"'{key}' should be a list of records")
+    check_rng(path, state["rng"])
+
+
+def check_rng(path: Path, rng: Any) -> None:
+    """RNG states as bench.checkpoint.rng_state writes them: torch's and CUDA's byte tensors, Python's
+    (version, 625 words, gauss) and NumPy's MT19937 (624 keys, position, gauss cache)."""
+    import torch
+
+    def byte_vector(x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 1 and x.numel() > 0
+
+    _check(path, isinstance(rng, dict), f"'rng' should be a mapping, got {type(rng).__name__}")
+    _check(path, byte_vector(rng.get("torch")),
+           f"'rng.torch' should be a byte tensor, got {_describe(rng.get('torch'))}")
+    py = rng.get("python")
+    _check(path, isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list)
+           and len(py[1]) == 625 and all(_is_int(v) for v in py[1]) and (py[2] is None or _is_number(py[2])),
+           "'rng.python' should be Python's (version, 625 words, gauss) state")
+    np_state = rng.get("numpy")
+    _check(path, isinstance(np_state, dict) and isinstance(np_state.get("keys"), torch.Tensor)
+           and tuple(np_state["keys"].shape) == (624,) and not np_state["keys"].is_floating_point()
+           and _is_int(np_state.get("pos")) and 0 <= np_state["pos"] <= 624 and np_state.get("has_gauss") in (0, 1)
+           and _is_number(np_state.get("cached")), "'rng.numpy' should be NumPy's MT19937 state (624 keys, pos, gauss)")
+    cuda = rng.get("cuda", [])
+    _check(path, isinstance(cuda, list) and all(byte_vector(s) for s in cuda), "'rng.cuda' should be byte tensors")
+
+
+def _describe(value: Any) -> str:
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    return f"a {dtype} tensor of shape {tuple(shape)}" if dtype is not None else repr(value)[:40]

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from bench import records, runs
+from bench.checkpoint import check_fits, read_checkpoint, rng_state, set_rng_state
 from bench.compute import (
     amp_name,
     autocast_context,
@@ -62,29 +63,6 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
 _GIT_COMMIT: list[str | None] = []
 
 
-def read_checkpoint(path: Path, epochs: int, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """last.pt loaded with weights_only (no code runs) and its contents checked against a run of `epochs`
-    epochs; records.Malformed otherwise."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise records.Malformed(path, f"unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})"
-                                ) from None
-    records.check_checkpoint(path, state, epochs)
-    return state
-
-
-def load_method_weights(method: OnlineKDMethod, path: Path, epochs: int) -> None:
-    """The method's weights from a run's last.pt; UsageError when the file does not fit."""
-    try:
-        state = read_checkpoint(path, epochs)
-        method.load_state_dict(state["method"])
-    except records.Malformed as err:
-        raise UsageError(str(err)) from None
-    except RuntimeError as err:
-        raise UsageError(f"{path} does not fit {type(method).__name__}: {str(err).splitlines()[0]}") from None
-
-
 def git_commit() -> str | None:
     """The commit of the code that runs (None outside a git checkout)."""
     if not _GIT_COMMIT:
@@ -109,34 +87,6 @@ def versions() -> dict[str, str]:
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG state, in a form torch.load(weights_only=True) accepts
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [list(x) if isinstance(x, tuple) else x
-                                                        for x in random.getstate()],
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore `rng_state()`; its tensors may come back on the training device (a checkpoint loaded with
-    map_location=cuda), while every RNG state is set from a CPU byte tensor."""
-    torch.set_rng_state(state["torch"].cpu())
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def seed_everything(seed: int) -> None:
@@ -243,6 +193,7 @@ class Trainer:
         self.step_fn = make_step(self.train_module, self.optimizer, self.autocast, self.device, self.cuda_graphs,
                                  self.branch_streams)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
+        self.rejected: list[dict[str, Any]] = []  # checkpoints kept aside as not fitting (the run started over)
 
     def autocast(self):
         return autocast_context(self.device, self.amp_dtype)
@@ -253,30 +204,40 @@ class Trainer:
             return
         state = {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "epoch": self.start_epoch, "step": self.step, "history": self.history, "best": self.best,
-                 "resumes": self.resumes, "rng": rng_state()}
+                 "resumes": self.resumes, "rejected": self.rejected, "rng": rng_state()}
         runs.atomic_write(self.folder / runs.CHECKPOINT, lambda f: torch.save(state, f), binary=True)
         runs.write_jsonl(self.folder / runs.METRICS, self.history)
         runs.write_text(self.folder / runs.METRICS_CSV, metrics_csv(self.history))
 
     def load_checkpoint(self) -> bool:
+        """Resume from last.pt when it holds this very run. A checkpoint that does not fit (unreadable, malformed,
+        another configuration's) is rejected whole before anything is copied from it, kept aside as
+        last.pt.rejected-<time>, and the method, optimizer and RNG are rebuilt from scratch, so that the run is
+        exactly a clean one."""
         path = self.folder / runs.CHECKPOINT
         if not path.exists():
             return False
         try:
             state = read_checkpoint(path, self.cfg.epochs, self.device)
+            check_fits(path, state, self.method, self.optimizer)
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (records.Malformed, RuntimeError, ValueError, KeyError) as err:
-            # a checkpoint we cannot trust is kept aside, never overwritten, and the run starts over
+            set_rng_state(state["rng"])
+        except Exception as err:  # nothing of a checkpoint that failed anywhere is kept: rebuild everything
+            problem = err.problem if isinstance(err, records.Malformed) else \
+                f"does not fit this run ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]})"
             aside = path.with_name(f"{path.name}.rejected-{int(time.time())}")
             if self.rank == 0:
                 path.replace(aside)
-            print(f"warning: {err}; kept as {aside.name}, the run starts over", file=sys.stderr)
+            print(f"warning: {path}: {problem}; kept as {aside.name}, the run starts over", file=sys.stderr)
+            rejected = self.rejected + [{"file": aside.name, "problem": problem, "time": time.time()}]
+            self.setup()
+            self.rejected = rejected
             return False
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history, self.best = list(state["history"]), dict(state["best"])
         self.resumes = list(state.get("resumes", []))
-        set_rng_state(state["rng"])
+        self.rejected = list(state.get("rejected", []))
         return True
 
     # -- one epoch -----------------------------------------------------------------------------
@@ -429,7 +390,8 @@ class Trainer:
             "branch_streams": self.branch_streams,
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
-            "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes, "versions": versions(),
+            "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
+            "rejected_checkpoints": self.rejected, "versions": versions(),
             "display_name": type(self.method).display_name or cfg.method, "plugins": cfg.loaded_plugins,
             "image_size": self.spec.image_size, "mean": list(self.spec.mean), "std": list(self.spec.std),
             "git_commit": git_commit(),

@@ -289,28 +289,88 @@ def _demo_config(epochs: int):
     return run_config(sweep, "vanilla", "cifar_resnet8", "digits", 0, {})
 
 
-@pytest.mark.parametrize("damage", ["missing_key", "epoch_beyond_the_run", "history_short", "method_not_a_dict"])
-def test_a_checkpoint_with_wrong_contents_is_kept_aside_and_the_run_starts_over(damage, tmp_path, capsys):
-    from bench.train import Trainer, train_run
-
-    reference = train_run(_demo_config(2), tmp_path / "ref", progress_bar=False)
-    state = torch.load(tmp_path / "ref" / runs.CHECKPOINT, weights_only=True)
+def _tamper(state: dict, damage: str) -> dict | None:
+    """A trained run's checkpoint, damaged one way (None: a zero-byte file)."""
+    if damage == "zero_bytes":
+        return None
     if damage == "missing_key":
         del state["rng"]
     elif damage == "epoch_beyond_the_run":
         state["epoch"] = 5
     elif damage == "history_short":
-        state["history"] = state["history"][:1]
-    else:
+        state["history"] = []
+    elif damage == "method_not_a_dict":
         state["method"] = [1, 2]
+    elif damage == "rng_empty":
+        state["rng"] = {}
+    elif damage == "rng_wrong_tensor":
+        state["rng"]["torch"] = torch.zeros(5)
+    elif damage == "history_without_epoch_s":
+        del state["history"][0]["epoch_s"]
+    elif damage == "best_malformed":
+        state["best"] = {"peer0": {"top1_error": "low"}}
+    elif damage == "extra_key":  # e.g. a checkpoint of a run with one more peer
+        state["method"]["peer9.weight"] = torch.zeros(3)
+    elif damage == "missing_weight":
+        state["method"].pop(next(iter(state["method"])))
+    elif damage == "wrong_shape":
+        key = next(k for k, v in state["method"].items() if v.dim() == 4)
+        state["method"][key] = state["method"][key][:1]
+    elif damage == "empty_optimizer":
+        state["optimizer"] = {}
+    elif damage == "optimizer_wrong_shape":
+        entry = next(iter(state["optimizer"]["state"].values()))
+        entry["momentum_buffer"] = entry["momentum_buffer"].flatten()[:3]
+    return state
+
+
+DAMAGES = ["zero_bytes", "missing_key", "epoch_beyond_the_run", "history_short", "method_not_a_dict", "rng_empty",
+           "rng_wrong_tensor", "history_without_epoch_s", "best_malformed", "extra_key", "missing_weight",
+           "wrong_shape", "empty_optimizer", "optimizer_wrong_shape"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """A clean 1-epoch run: its summary, and its trained checkpoint (what the tampered ones start from)."""
+    from bench.train import train_run
+
+    folder = tmp_path_factory.mktemp("clean") / "run"
+    summary = train_run(_demo_config(1), folder, progress_bar=False)
+    return summary, torch.load(folder / runs.CHECKPOINT, weights_only=True), folder
+
+
+def _numbers(history: list[dict]) -> list:
+    return [(r["epoch"], r["loss"], r["top1_error"], r["top5_error"], r["lr"], r["step"]) for r in history]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_rejected_checkpoint_leaves_no_trace_the_run_equals_a_clean_one(damage, clean_run, tmp_path, capsys):
+    """Whatever is wrong with last.pt, it is rejected whole before anything is copied from it: the restarted run is
+    bit-identical to a clean one (weights, optimizer, every epoch's numbers), and the warning is one line naming the
+    file and its first problem."""
+    import copy
+
+    from bench.train import Trainer
+
+    reference, trained, reference_folder = clean_run
     folder = tmp_path / "run"
     folder.mkdir()
-    torch.save(state, folder / runs.CHECKPOINT)
-    summary = Trainer(_demo_config(2), folder, progress_bar=False).run()
-    assert summary["status"] == "done" and summary["epochs_done"] == 2 and summary["resumes"] == []
-    assert summary["final"] == reference["final"]  # trained from scratch, exactly as an untouched run
-    assert "the run starts over" in capsys.readouterr().err
+    state = _tamper(copy.deepcopy(trained), damage)
+    if state is None:
+        (folder / runs.CHECKPOINT).write_bytes(b"")
+    else:
+        torch.save(state, folder / runs.CHECKPOINT)
+    summary = Trainer(_demo_config(1), folder, progress_bar=False).run()
+    assert summary["status"] == "done" and summary["epochs_done"] == 1 and summary["resumes"] == []
+    assert summary["final"] == reference["final"]
+    assert _numbers(records.load_metrics(folder)) == _numbers(records.load_metrics(reference_folder))
+    again = torch.load(folder / runs.CHECKPOINT, weights_only=True)
+    assert all(torch.equal(again["method"][k], trained["method"][k]) for k in trained["method"])
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "starts over" in line]
+    assert len(warning) == 1 and str(folder / runs.CHECKPOINT) in warning[0] and len(warning[0]) < 400, err
     assert len(list(folder.glob("last.pt.rejected-*"))) == 1  # the bad file is kept, not destroyed
+    assert summary["rejected_checkpoints"][0]["file"].startswith("last.pt.rejected-")
 
 
 # ---------------------------------------------------------------------------------------------

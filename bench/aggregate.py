@@ -64,6 +64,19 @@ def find_run_folders(roots: Iterable[Path]) -> list[Path]:
     return sorted(set().union(*(runs.find_run_folders(root) for root in roots)))
 
 
+RUNTIME = {"threads": ("intra_op_threads", "inter_op_threads"), "device": ("device_name",),
+           "packing": ("runs_per_device",), "deterministic algorithms": ("deterministic",)}
+"""What changes a run's numbers besides its settings, by the name a table note gives it (summary.json `runtime`)."""
+
+
+def runtime_columns(summary: dict) -> dict[str, str]:
+    """The run's RUNTIME values, one text column each ('?' where an older run did not record them)."""
+    runtime = summary.get("runtime") if isinstance(summary.get("runtime"), dict) else {}
+    fallback = {"device_name": summary.get("device"), "runs_per_device": summary.get("runs_per_device") or 1}
+    return {f"runtime_{name}": "/".join(str(runtime.get(k, fallback.get(k, "?"))) for k in keys)
+            for name, keys in RUNTIME.items()}
+
+
 def _curves(history: list[dict], ident: dict) -> list[dict]:
     rows = []
     for rec in history:
@@ -112,7 +125,7 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         ident = {k: summary[k] for k in ("dataset", "backbone", "method", "seed")}
         remember_display_name(summary["method"], summary.get("display_name"))
         params = summary.get("params") or {}
-        run_rows.append({**ident, "status": summary["status"], "folder": str(folder),
+        run_rows.append({**ident, **runtime_columns(summary), "status": summary["status"], "folder": str(folder),
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
                          "wall_clock_s": summary.get("wall_clock_s"), "images_per_s": summary.get("images_per_s"),
                          "device": summary.get("device"), "runs_per_device": summary.get("runs_per_device") or 1,
@@ -124,9 +137,10 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             notes.append(f"{summary['status']} run left out of the tables: {folder}")
             continue
         headline = summary.get("headline_model")
+        runtime = runtime_columns(summary)
         for model, final in summary["final"].items():
             best = summary.get("best", {}).get(model, {})
-            models.append({**ident, "eval_model": model, "is_headline": model == headline,
+            models.append({**ident, **runtime, "eval_model": model, "is_headline": model == headline,
                            "final_top1": final.get("top1_error"), "final_top5": final.get("top5_error"),
                            "best_top1": best.get("top1_error"), "best_top5": best.get("top5_error")})
         try:
@@ -215,6 +229,7 @@ class Cell:
     paper: float | None = None
     p_value: float | None = None
     best: bool = False
+    differs: list[str] = field(default_factory=list)  # RUNTIME names in which the cell's runs differ
 
     @property
     def diff(self) -> float | None:
@@ -234,6 +249,8 @@ def build_table(collection: Collection, spec: TableSpec) -> tuple[list[str], lis
         values = group.value.tolist()
         std = float(pd.Series(values).std(ddof=1)) if len(values) > 1 else 0.0
         cell = Cell(float(pd.Series(values).mean()), std, len(values))
+        cell.differs = [name for name in RUNTIME if f"runtime_{name}" in group
+                        and group[f"runtime_{name}"].nunique(dropna=False) > 1]
         if ref is not None:
             cell.paper = _paper_value(ref, dataset, backbone, row, spec)
         if spec.significance and row != "vanilla":
@@ -257,7 +274,18 @@ def _fmt(cell: Cell, show_n: bool) -> str:
         text += f" (n={cell.n})"
     if cell.p_value is not None and cell.p_value < 0.05:
         text += " †"
+    if cell.differs:
+        text += " ‡"
     return text
+
+
+def mixed_note(cells: dict) -> str | None:
+    """The table's note for cells whose runs ran differently (‡), or None."""
+    names = [n for n in RUNTIME if any(n in c.differs for c in cells.values())]
+    if not names:
+        return None
+    return (f"‡: the runs of this cell differ in {', '.join(names)}, which change the numbers: its spread is not "
+            "seed noise alone (runs.csv lists each run's).")
 
 
 def _has_paper(columns, rows, cells) -> dict:
@@ -292,6 +320,8 @@ def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
         lines += ["", "n: number of seeds where the counts differ."]
     if spec.significance:
         lines += ["", "†: differs from Vanilla, Welch's t-test p < 0.05 over seeds."]
+    if mixed_note(cells):
+        lines += ["", mixed_note(cells)]
     return "\n".join(lines) + "\n"
 
 
@@ -330,12 +360,16 @@ def to_latex(rows, columns, cells, spec: TableSpec) -> str:
                 text = f"{cell.mean:.2f} $\\pm$ {cell.std:.2f}" + (f" ({cell.n})" if show_n else "")
                 if cell.p_value is not None and cell.p_value < 0.05:
                     text += r"$^\dagger$"
+                if cell.differs:
+                    text += r"$^\ddagger$"
                 out.append(rf"\textbf{{{text}}}" if cell.best else text)
             if paper[col]:
                 out.append("" if cell is None or cell.paper is None else f"{cell.paper:.2f}")
                 out.append("" if cell is None or cell.diff is None else f"{cell.diff:+.2f}")
         lines.append(" & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if mixed_note(cells):
+        lines.append(f"% {mixed_note(cells)}")
     return "\n".join(lines) + "\n"
 
 
@@ -343,7 +377,7 @@ def to_csv(rows, columns, cells, spec: TableSpec) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["dataset", "backbone", "method", "measure", "mean", "std", "n", "paper", "diff", "p_vs_vanilla",
-                     "best"])
+                     "best", "runs_differ_in"])
     for row in rows:
         for col in columns:
             cell = cells.get((row, col))
@@ -352,7 +386,8 @@ def to_csv(rows, columns, cells, spec: TableSpec) -> str:
             writer.writerow([col[0], col[1], row, f"{spec.column}_{spec.measure}", f"{cell.mean:.4f}",
                              f"{cell.std:.4f}", cell.n, "" if cell.paper is None else f"{cell.paper:.2f}",
                              "" if cell.diff is None else f"{cell.diff:.4f}",
-                             "" if cell.p_value is None else f"{cell.p_value:.4g}", int(cell.best)])
+                             "" if cell.p_value is None else f"{cell.p_value:.4g}", int(cell.best),
+                             ";".join(cell.differs)])
     return buf.getvalue()
 
 

@@ -434,11 +434,26 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(BaseException):
-    """SIGTERM (e.g. `kill`, a scheduler ending the job): unwinds like Ctrl-C, so locks and temp files go."""
+    """SIGTERM or SIGHUP (e.g. `kill`, `timeout`, a closed terminal, a scheduler ending the job): unwinds like
+    Ctrl-C, so locks and temp files go and a local launcher stops its jobs."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signum)
+        self.signum, self.signame = signum, signal.Signals(signum).name
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+def _on_terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def _stopped(err: BaseException) -> str:
+    n = getattr(err, "stopped_jobs", 0)
+    return f"; stopped {n} running job{'s' if n != 1 else ''} and their workers" if n else ""
+
+
+RESUMES = "an interrupted run resumes from its last epoch on the next 'bench run'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,30 +461,29 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     parser = make_parser()
+    handled = (signal.SIGTERM, signal.SIGHUP)
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = [signal.signal(sig, _on_terminate) for sig in handled]
     else:
-        previous = None
+        previous = []
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except UsageError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted; an interrupted run resumes from its last epoch on the next 'bench run'",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"bench: interrupted{_stopped(err)}; {RESUMES}", file=sys.stderr)
         return 130
-    except Terminated:
-        print("bench: terminated (SIGTERM); an interrupted run resumes from its last epoch on the next 'bench run'",
-              file=sys.stderr)
-        return 143
+    except Terminated as err:
+        print(f"bench: terminated ({err.signame}){_stopped(err)}; {RESUMES}", file=sys.stderr)
+        return 128 + err.signum
     except BrokenPipeError:  # e.g. `bench list | head`
         sys.stderr.close()
         return 0
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in zip(handled, previous):
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

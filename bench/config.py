@@ -81,6 +81,7 @@ class ComputeConfig(Settings):
     cuda_graphs: str = "auto"  # auto (on for single-process CUDA runs without compile), on, off
     cudnn_benchmark: str = "auto"  # auto (on for CUDA: cuDNN times its algorithms per shape), on, off
     branch_streams: str = "off"  # on: a method's independent branches/networks on concurrent CUDA streams (same math)
+    threads: int = 0  # CPU intra-op threads per run; 0: the cores divided by the runs sharing them (lone or packed)
 
 
 @dataclass
@@ -119,6 +120,8 @@ class RunConfig(TrainConfig):
     options: dict[str, Any] = field(default_factory=dict)
     dataset_source: DatasetSource | None = None  # a dataset named on the command line (None: a registered one)
     loaded_plugins: list[dict[str, str]] = field(default_factory=list)  # {name, source, file, sha256} each
+    runtime: dict[str, Any] = field(default_factory=dict)  # what the run found where it ran (threads, device,
+    # packing, deterministic algorithms): recorded, not part of the run's identity (bench.train.runtime_record)
 
 
 @dataclass

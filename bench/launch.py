@@ -79,6 +79,34 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
             raise
 
 
+def restore_sigint() -> None:
+    """In a job's process: SIGINT raises KeyboardInterrupt again (the local launcher starts jobs with it ignored, so
+    that submitit's controller never prints a traceback), so a stop unwinds the run: lock released, trackers
+    flushed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """SIGINT ignored while a local job starts: its submitit controller inherits that, so a terminal's Ctrl-C reaches
+    the launcher (which stops its jobs) and the training worker (which unwinds), never the controller."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """The callable submitit runs for one run of a sweep; requeued as itself on preemption/time-out."""
 
@@ -93,7 +121,8 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self, spec: RunSpec) -> dict[str, Any]:
         import torch
 
-        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+        restore_sigint()
+        threads = spec.config.compute.threads or self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
         if threads:
             torch.set_num_threads(threads)
         if self.gpu is not None:  # a packed local run: its slot's GPU
@@ -437,24 +466,49 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
     threads = max(1, (os.cpu_count() or 1) // (len(slots) * opts.tasks_per_node))
     pending, running, failed, finished = list(todo), {}, 0, 0
     t0, free = {}, list(range(len(slots)))
-    while pending or running:
-        while pending and free:
-            spec, slot = pending.pop(0), free.pop(0)
-            job = executor.submit(RunJob(threads, slots[slot], k), spec)
-            running[job.job_id] = (job, spec, slot)
-            t0[job.job_id] = time.perf_counter()
-            record = {"launcher": "local", "job_id": job.job_id, "process": runs.process_identity(int(job.job_id))}
-            runs.write_json(spec.folder / JOB_RECORD, record)
-            update_manifest(out, runs={rel(spec, out): record})
-        time.sleep(0.5)
-        for job_id, (job, spec, slot) in list(running.items()):
-            if job.done():
-                del running[job_id]
-                free.append(slot)
-                finished += 1
-                failed += finish_job(out, finished, len(todo), spec, time.perf_counter() - t0[job_id],
-                                     _job_result(job))
+    try:
+        while pending or running:
+            while pending and free:
+                spec, slot = pending.pop(0), free.pop(0)
+                with sigint_ignored():
+                    job = executor.submit(RunJob(threads, slots[slot], k), spec)
+                record = {"launcher": "local", "job_id": job.job_id,
+                          "process": runs.process_identity(int(job.job_id))}
+                running[job.job_id] = (job, spec, slot, record["process"])
+                t0[job.job_id] = time.perf_counter()
+                runs.write_json(spec.folder / JOB_RECORD, record)
+                update_manifest(out, runs={rel(spec, out): record})
+            time.sleep(0.5)
+            for job_id, (job, spec, slot, _) in list(running.items()):
+                if job.done():
+                    del running[job_id]
+                    free.append(slot)
+                    finished += 1
+                    failed += finish_job(out, finished, len(todo), spec, time.perf_counter() - t0[job_id],
+                                         _job_result(job))
+    except BaseException as stop:  # Ctrl-C, SIGTERM, SIGHUP: this launcher's jobs and their workers stop with it
+        stop.stopped_jobs = stop_local_jobs([process for *_, process in running.values()])  # type: ignore[attr-defined]
+        raise
     return failed
+
+
+def stop_local_jobs(controllers: list[dict]) -> int:
+    """Stop local jobs (their submitit controllers, training workers and data workers), deaf to a second Ctrl-C
+    meanwhile; returns how many jobs were running."""
+    import signal
+    import threading
+
+    from bench.processes import stop
+
+    live = [c for c in controllers if runs.is_same_process(c)]
+    main = threading.current_thread() is threading.main_thread()
+    previous = [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)] if main else []
+    try:
+        stop(live)
+    finally:
+        for sig, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+            signal.signal(sig, handler)
+    return len(live)
 
 
 def local_gpus() -> int:

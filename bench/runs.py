@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UsageError
+from bench.processes import is_same_process, process_identity  # noqa: F401  (also used from here)
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -144,47 +145,6 @@ def run_status(path: Path) -> str:
     if summary is not None:
         return summary["status"]
     return "partial" if Path(path).exists() else "missing"
-
-
-# ---------------------------------------------------------------------------------------------
-# process identity: more than a pid, so that a signal never reaches a process that merely reuses one
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        fields = stat[stat.rindex(")") + 2:].split()
-        return None if fields[0] in ("Z", "X") else int(fields[19])  # a zombie has exited already
-    except (ValueError, IndexError):
-        return None
-
-
-def process_identity(pid: int | None = None) -> dict[str, Any]:
-    """{host, pid, boot_id, start_ticks} of a process (default: this one)."""
-    pid = os.getpid() if pid is None else int(pid)
-    return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(), "start_ticks": _start_ticks(pid)}
-
-
-def is_same_process(identity: Any) -> bool:
-    """Whether `identity` (from process_identity) names a process alive now on this host: same pid, same boot,
-    same start time. Without /proc to compare start times, nothing is confirmed (False)."""
-    if not isinstance(identity, dict) or identity.get("host") != socket.gethostname():
-        return False
-    pid, ticks = identity.get("pid"), identity.get("start_ticks")
-    if not isinstance(pid, int) or pid <= 0 or ticks is None:
-        return False
-    return identity.get("boot_id") == _boot_id() and _start_ticks(pid) == ticks
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,7 +207,12 @@ def print_status(out: Path, watch: float | None = None) -> int:
 
 
 def cancel(out: Path) -> int:
-    """scancel the sweep's SLURM jobs; stop its local jobs (and the local launcher driving them)."""
+    """scancel the sweep's SLURM jobs; stop everything it started on this machine: the local launcher (which stops
+    its jobs on SIGTERM), each local job's process tree (submitit controller, training worker, data workers), and
+    every process that holds one of its runs' locks. Each is signalled only while it is the very process recorded
+    (pid, start time, boot id)."""
+    from bench.processes import GRACE_S, stop
+
     out = Path(out)
     if not (out / MANIFEST).exists():
         raise UsageError(f"{out} has no {MANIFEST}: not a sweep folder launched by bench run")
@@ -220,38 +225,24 @@ def cancel(out: Path) -> int:
             raise UsageError("scancel not found: cannot cancel SLURM jobs from this machine")
         subprocess.run(["scancel", *slurm_ids], check=False)
         print(f"cancelled {len(slurm_ids)} SLURM jobs")
-    processes = [manifest.get("launcher_process")] + [e.get("process") for e in manifest["runs"].values()
-                                                       if e.get("launcher") == "local"]
-    processes = [p for p in processes if p]
-    stopped = sum(_terminate(p) for p in processes)
-    if processes:
-        print(f"stopped {stopped} local processes" + (f" ({len(processes) - stopped} already gone)"
-                                                       if stopped < len(processes) else ""))
+    local = [(name, e) for name, e in manifest["runs"].items() if e.get("launcher") != "slurm"]
+    launcher = manifest.get("launcher_process")
+    jobs = [e["process"] for _, e in local if isinstance(e.get("process"), dict)]
+    holders = [h for h in (runs.lock_holder(out / name, notes=[]) for name, _ in local)
+               if h is not None and h.get("host") == socket.gethostname()]
+    recorded = [p for p in [launcher, *jobs, *holders] if isinstance(p, dict)]
+    alive = [p for p in recorded if runs.is_same_process(p)]
+    stopped = 0
+    if launcher and runs.is_same_process(launcher):  # it stops its own jobs on SIGTERM; what is left is killed
+        stopped += stop([launcher], first=None, root_first=signal.SIGTERM, grace_s=2 * GRACE_S + 1)
+    stopped += stop(holders, first=signal.SIGINT, root_first=signal.SIGINT)  # training workers unwind on SIGINT
+    stopped += stop(jobs, first=signal.SIGINT, root_first=None)  # controllers end once their tasks have
+    if recorded:
+        print(f"stopped {stopped} local processes" if alive else f"no local process of {out} is running "
+              f"({len(recorded)} recorded, all gone)")
     if "launcher_pid" in manifest and not manifest.get("launcher_process"):
         print(f"not signalling pid {manifest['launcher_pid']}: recorded by an older okd-bench without its start "
               "time, so it cannot be confirmed to be this sweep's launcher", file=sys.stderr)
-    if not slurm_ids and not processes:
+    if not slurm_ids and not recorded:
         print(f"nothing to cancel in {out}", file=sys.stderr)
     return 0
-
-
-def _terminate(identity: dict) -> bool:
-    """SIGTERM, then SIGKILL after 5 s, to the process `identity` names, and only while it is that very process
-    (same host, pid, boot and start time): a pid the OS has handed to another process is never signalled."""
-    pid = identity.get("pid")
-    if pid == os.getpid() or not runs.is_same_process(identity):
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    for _ in range(50):
-        if not runs.is_same_process(identity):
-            return True
-        time.sleep(0.1)
-    if runs.is_same_process(identity):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return True

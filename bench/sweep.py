@@ -192,6 +192,9 @@ def check_compute(compute) -> None:
     choice("compute.cuda_graphs", compute.cuda_graphs, CUDA_GRAPHS)  # (whether it applies: on the running machine)
     choice("compute.cudnn_benchmark", compute.cudnn_benchmark, CUDNN_BENCHMARK)
     branch_streams_asked(compute.branch_streams, compute.compile)
+    if not (isinstance(compute.threads, int) and 0 <= compute.threads <= 4096):
+        raise UsageError(f"compute.threads must be 0 (the cores divided by the runs sharing them) or a number of "
+                         f"threads from 1 to 4096, got {compute.threads!r}")
 
 
 def check_device_here(compute) -> None:

@@ -119,6 +119,7 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
         check_same_plugins(folder, old.pop("loaded_plugins", None) or [], new.pop("loaded_plugins", None) or [])
         for settings in (old, new):
             settings.pop("logging", None)  # trackers can be switched on or off for a run at any time
+            settings.pop("runtime", None)  # where it ran is recorded, not a setting
     if old != new:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
@@ -163,6 +164,8 @@ class Trainer:
         if cfg.epochs < 1:
             raise UsageError(f"epochs must be at least 1, got {cfg.epochs}")
         self.rank, self.world = world()
+        if cfg.compute.threads:  # else what the launcher set: the cores divided by the runs sharing them
+            torch.set_num_threads(cfg.compute.threads)
         self.device = resolve_device(cfg.compute.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -194,6 +197,14 @@ class Trainer:
                                  self.branch_streams)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
         self.rejected: list[dict[str, Any]] = []  # checkpoints kept aside as not fitting (the run started over)
+
+    def runtime_record(self) -> dict[str, Any]:
+        """What changes a run's numbers without being one of its settings: CPU threads, the device, how many runs
+        share it, and whether deterministic algorithms are on (config.yaml `runtime`, summary.json)."""
+        return {"intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),
+                "device": str(self.device), "device_name": device_name(self.device),
+                "runs_per_device": self.runs_per_device, "deterministic": torch.are_deterministic_algorithms_enabled(),
+                "cpu_count": os.cpu_count()}
 
     def autocast(self):
         return autocast_context(self.device, self.amp_dtype)
@@ -308,9 +319,11 @@ class Trainer:
         if main:
             self.folder.mkdir(parents=True, exist_ok=True)
             runs.remove_stale_temp_files(self.folder)
+            self.cfg.runtime = self.runtime_record()
             runs.write_text(self.folder / runs.CONFIG, yaml.safe_dump(config_record(self.cfg), sort_keys=False))
         if self.load_checkpoint() and self.start_epoch < self.cfg.epochs:
-            self.resumes.append({"epoch": self.start_epoch, "job_id": os.environ.get("SLURM_JOB_ID")})
+            self.resumes.append({"epoch": self.start_epoch, "job_id": os.environ.get("SLURM_JOB_ID"),
+                                 **self.runtime_record()})
         if main:
             runs.write_jsonl(self.folder / runs.METRICS, self.history)
             runs.write_text(self.folder / runs.METRICS_CSV, metrics_csv(self.history))
@@ -387,7 +400,7 @@ class Trainer:
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "cuda_graphs": self.cuda_graphs and not getattr(self.step_fn, "failed", None),
             "cudnn_benchmark": self.cudnn_benchmark, "runs_per_device": self.runs_per_device,
-            "branch_streams": self.branch_streams,
+            "branch_streams": self.branch_streams, "runtime": self.runtime_record(),
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,

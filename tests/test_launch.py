@@ -179,24 +179,26 @@ def test_two_process_distributed_run_with_gloo(tmp_path):
 
 
 def test_packed_runs_equal_the_same_runs_trained_alone(tmp_path, capsys):
-    """--runs-per-device 2: two runs train at once, in two processes sharing the device; each ends exactly as
-    the same run trained alone (one process per run, the same threads per process), and records the packing."""
-    import torch
+    """--runs-per-device 2: two runs train at once, in two processes sharing the device; at the same thread count
+    (compute.threads) each ends exactly as the same run trained alone, and records its threads and packing; a table
+    over both flags the cells whose runs differ in packing."""
+    from bench.aggregate import TableSpec, load_runs, render
 
-    grid = ["--methods", "vanilla,pcl", "--seeds", "0", "--epochs", "2", *GRID]
+    grid = ["--methods", "vanilla,pcl", "--seeds", "0", "--epochs", "2", *GRID, "compute.threads=1"]
     assert main(["run", *grid, "--out", str(tmp_path / "packed"), "--launcher", "local",
                  "--runs-per-device", "2"]) == 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (__import__("os").cpu_count() or 1) // 2))  # what each packed process had
-    try:
-        assert main(["run", *grid, "--out", str(tmp_path / "alone"), "--launcher", "inline"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["run", *grid, "--out", str(tmp_path / "alone"), "--launcher", "inline"]) == 0
     packed, alone = summaries(tmp_path / "packed"), summaries(tmp_path / "alone")
     assert set(packed) == set(alone) and len(packed) == 2
     for run in packed:
         assert packed[run]["runs_per_device"] == 2 and alone[run]["runs_per_device"] == 1
+        assert packed[run]["runtime"]["intra_op_threads"] == alone[run]["runtime"]["intra_op_threads"] == 1
         assert packed[run]["final"] == alone[run]["final"] and packed[run]["best"] == alone[run]["best"]
+        config = records.load_config(tmp_path / "packed" / run)
+        assert config.runtime["runs_per_device"] == 2 and config.runtime["intra_op_threads"] == 1
+    table = render(load_runs([tmp_path / "packed", tmp_path / "alone"]), TableSpec())
+    assert "‡" in table and "differ in packing" in table and "threads" not in table.split("‡:")[1]
+    assert "‡" not in render(load_runs([tmp_path / "packed"]), TableSpec())
 
 
 def test_cost_table_divides_gpu_hours_by_the_packing(tmp_path):

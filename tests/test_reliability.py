@@ -269,6 +269,69 @@ def test_cancel_never_signals_a_process_that_reuses_a_recorded_pid(tmp_path, cap
         stranger.wait()
 
 
+def _sweep_processes(out: Path) -> list[int]:
+    """Live processes whose command line names the sweep folder (its launcher, job controllers, workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if str(out).encode() in (entry / "cmdline").read_bytes() and runs.is_same_process(
+                        runs.process_identity(int(entry.name))):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _wait_for_epoch(folder: Path, proc: subprocess.Popen, done: int) -> None:
+    started = time.time()
+    while len(records.load_metrics(folder)) < done:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() - started < 180, "no epoch finished"
+        time.sleep(0.1)
+
+
+def test_cancel_sigterm_and_ctrl_c_stop_every_process_of_a_local_sweep_and_it_resumes_exactly(tmp_path):
+    """Real processes: `bench cancel` on a live local sweep, SIGTERM to its launcher, Ctrl-C to its process group.
+    Each time, within seconds, no process of the sweep is left (walking /proc), the run's lock is free, no traceback
+    is printed; the run then resumes to the uninterrupted result."""
+    grid = ["--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
+            "--epochs", "5", "--no-progress", "compute.threads=1"]
+    out = tmp_path / "sweep"
+    folder = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", 0)
+    env = {**os.environ, "OKD_BENCH_SLOW_WRITE_S": "0.3"}
+    command = [sys.executable, "-m", "bench.cli", "run", *grid, "--launcher", "local", "--out", str(out)]
+    for stop_by, epoch in (("cancel", 1), ("sigterm", 2), ("ctrl-c", 3)):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=ROOT, start_new_session=True)
+        _wait_for_epoch(folder, proc, epoch)
+        t0 = time.time()
+        if stop_by == "cancel":
+            assert main(["cancel", str(out)]) == 0
+        elif stop_by == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.time() - t0 < 20, f"{stop_by}: took {time.time() - t0:.0f} s"
+        time.sleep(0.5)
+        assert _sweep_processes(out) == [], f"{stop_by}: processes of the sweep survive"
+        assert "Traceback" not in err, err
+        if stop_by != "cancel":
+            expected = "terminated (SIGTERM)" if stop_by == "sigterm" else "interrupted"
+            assert proc.returncode == (143 if stop_by == "sigterm" else 130), err
+            assert expected in err and "stopped 1 running job" in err, err
+        with runs.FileLock(folder / runs.LOCK_FILE, blocking=False):  # nobody holds the run
+            pass
+        assert runs.run_status(folder) == "partial"
+    assert main(["run", *grid, "--launcher", "inline", "--out", str(out)]) == 0
+    reference = tmp_path / "reference"
+    assert main(["run", *grid, "--launcher", "inline", "--out", str(reference)]) == 0
+    ref_folder = runs.run_dir(reference, "digits", "cifar_resnet8", "vanilla", 0)
+    assert _numbers(records.load_metrics(folder)) == _numbers(records.load_metrics(ref_folder))
+    assert len(json.loads((folder / runs.SUMMARY).read_text())["resumes"]) >= 3
+
+
 def test_a_finished_sweep_leaves_no_launcher_to_signal(tmp_path):
     out = tmp_path / "sweep"
     assert main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",

@@ -160,7 +160,7 @@ def finished_sweep_output(args: argparse.Namespace) -> str | None:
         return None
     if printed is None:
         return None
-    runs.remove_stale_sweep_temp_files(out)
+    runs.remove_stale_sweep_temp_files(out, folders)
     n = len(folders)
     return (f"sweep: {n} runs, 0 to run ({n} done: skipped) -> {out}  [preset: {preset}, launcher: {args.launcher}]"
             f"\n{printed}")
@@ -268,7 +268,12 @@ def _collect(args: argparse.Namespace):
 def cmd_table(args: argparse.Namespace) -> int:
     from bench import runs
     from bench.aggregate import cost_markdown, cost_table, render, write_tables
+    from bench.files import check_output_folder
 
+    if args.csv and args.csv != "-":
+        runs.check_output_file(Path(args.csv), None, "--csv")
+    if args.write:
+        check_output_folder(Path(args.write), "--write")
     roots, collection, spec = _collect(args)
     if args.csv:
         text = collection.models.to_csv(index=False)
@@ -288,10 +293,14 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from bench.files import check_output_folder
     from bench.plots import write_plots
 
+    if args.write:
+        check_output_folder(Path(args.write), "--write")
     roots, collection, _ = _collect(args)
     folder = Path(args.write) if args.write else Path(roots[0]) / "plots"
+    check_output_folder(folder, "plots folder")
     paths = write_plots(collection, folder)
     if not paths:
         print("no finished runs to plot", file=sys.stderr)

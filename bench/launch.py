@@ -364,7 +364,7 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     if opts.force:
         for spec in todo:
             runs.reset_run_folder(spec.folder)
-    runs.remove_stale_sweep_temp_files(out)
+    runs.remove_stale_sweep_temp_files(out, [s.folder for s in specs])
     me = runs.process_identity() if opts.wait else None
     update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_process=me,
                     runs={rel(s, out): {"label": s.label} for s in specs})

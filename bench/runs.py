@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from bench import files
 from bench.errors import UsageError
+from bench.files import (  # noqa: F401  (the write path, also used from here)
+    STALE_TEMP_S,
+    StorageError,
+    atomic_write,
+    remove_stale_temp_files,
+    storage_error,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from bench.processes import is_same_process, process_identity  # noqa: F401  (also used from here)
 
 SUMMARY = "summary.json"
@@ -42,71 +48,6 @@ def run_dir(out: Path, dataset: str, backbone: str, method: str, seed: int) -> P
     return Path(out).joinpath(safe_part(dataset), safe_part(backbone), safe_part(method), f"seed{int(seed)}")
 
 
-# Fault-injection aid for the tests: seconds to pause inside every write, before the rename.
-_SLOW_WRITE_S = float(os.environ.get("OKD_BENCH_SLOW_WRITE_S", "0") or 0)
-
-
-class StorageError(UsageError):
-    """A write that the file system refused (no space, no permission, read-only): names the path."""
-
-
-def storage_error(err: BaseException, path: Path) -> StorageError | None:
-    """The StorageError an exception from writing `path` amounts to, or None when it is something else. Some
-    writers (torch.save's zip writer) report a full disk in their own words, so the free space is asked too."""
-    code = getattr(err, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or (not isinstance(err, OSError) and _nearly_full(path.parent)):
-        return StorageError(f"no space left on {path.parent} (writing {path.name})")
-    if code in (errno.EACCES, errno.EPERM):
-        return StorageError(f"permission denied writing {path}")
-    if code == errno.EROFS:
-        return StorageError(f"read-only file system: cannot write {path}")
-    return None
-
-
-def _nearly_full(folder: Path) -> bool:
-    try:
-        return shutil.disk_usage(folder).free < 1 << 20
-    except OSError:
-        return False
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over `path`: a reader sees the
-    old file or the new one, never a partial one, whenever the writer is killed. A refused write (disk full,
-    permissions) raises StorageError naming the path, and leaves no temp file."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
-            f.flush()
-            if _SLOW_WRITE_S:
-                time.sleep(_SLOW_WRITE_S)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        named = storage_error(err, path) if isinstance(err, Exception) else None
-        if named is not None:
-            raise named from None
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
 RUN_FILES = (SUMMARY, METRICS, CONFIG, CHECKPOINT)
 
 
@@ -120,17 +61,8 @@ def find_run_folders(root: Path, markers: tuple[str, ...] = RUN_FILES) -> set[Pa
 
 def check_output_file(path: Path, folder: Path | None, flag: str = "--out") -> None:
     """An output file path that can be written: not a folder, in an existing writable folder, and never one of
-    a run's own files."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
-    if folder is not None and path.resolve() in {(Path(folder) / n).resolve() for n in RUN_FILES}:
-        raise UsageError(f"--out {path} would overwrite the run's own {path.name}")
+    a run's own files (`folder`: the run)."""
+    files.check_output_file(path, [Path(folder) / n for n in RUN_FILES] if folder is not None else None, flag)
 
 
 def run_status(path: Path) -> str:
@@ -278,26 +210,11 @@ class RunLock:
         self._lock.release()
 
 
-STALE_TEMP_S = 600.0  # a sweep-level temp file this old belongs to a killed writer
-
-
-def remove_stale_sweep_temp_files(out: Path) -> None:
-    """The killed writers' temp files of a sweep folder, its tables and its plots (other launchers may be writing
-    there now: only old ones)."""
-    for folder in (out, out / "tables", out / "plots"):
+def remove_stale_sweep_temp_files(out: Path, run_folders: list[Path] = ()) -> None:
+    """The killed writers' temp files of a sweep folder, its tables, its plots and `run_folders` (other processes
+    may be writing there now: only those whose writer is gone, or old ones)."""
+    for folder in (out, out / "tables", out / "plots", *run_folders):
         remove_stale_temp_files(folder, older_than_s=STALE_TEMP_S)
-
-
-def remove_stale_temp_files(folder: Path, older_than_s: float = 0.0) -> None:
-    """Temp files left by a writer that was killed mid-write (the real files are intact); in a folder that other
-    processes may be writing to, only those older than `older_than_s`."""
-    now = time.time()
-    for path in [*Path(folder).glob(".*.tmp"), *Path(folder).glob(".*.tmp.*")]:
-        try:
-            if now - path.stat().st_mtime >= older_than_s:
-                path.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def reset_run_folder(folder: Path) -> None:

@@ -4,9 +4,7 @@ run starts (names, options, data, the results folder), so bad input changes noth
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,21 +213,10 @@ def check_data(sweep: SweepConfig) -> None:
 
 
 def check_writable(out: Path) -> None:
-    """The results folder can be created and written to."""
-    out = Path(out)
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"results folder {out}: {probe} exists and is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"results folder {out} is not writable ({probe} denies writing)")
-    if out.exists():
-        try:
-            with tempfile.TemporaryFile(dir=out):
-                pass
-        except OSError as err:
-            raise UsageError(f"results folder {out} is not writable: {err.strerror}") from None
+    """The results folder can be created and written to (nothing is created yet)."""
+    from bench.files import check_output_folder
+
+    check_output_folder(Path(out), "results folder")
 
 
 def expand(sweep: SweepConfig, options: dict[str, dict[str, Any]]) -> list[RunSpec]:

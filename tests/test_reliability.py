@@ -475,11 +475,12 @@ def test_stale_temp_files_of_the_sweep_and_its_tables_are_cleaned(tmp_path):
     assert not any(p.exists() for p in stale) and fresh.exists()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
+@pytest.fixture(params=["400k", "3m"])  # full at the first write; full halfway through a 3.8 MB torch.save zip
+def tiny_disk(tmp_path, request):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(mount)],
+                          capture_output=True)
     if done.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield mount
@@ -488,10 +489,11 @@ def tiny_disk(tmp_path):
 
 def test_a_full_disk_is_named_with_its_path_and_corrupts_nothing(tiny_disk, capsys):
     out = tiny_disk / "sweep"
-    code = main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",
-                 "0", "--epochs", "2", "--launcher", "inline", "--no-progress", "--out", str(out)])
+    code = main(["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet32", "--seeds",
+                 "0", "--epochs", "1", "--launcher", "inline", "--no-progress", "--out", str(out),
+                 "data.batch_size=512"])
     err = capsys.readouterr().err
-    assert code == 1 and f"no space left on {runs.run_dir(out, 'digits', 'cifar_resnet8', 'vanilla', 0)}" in err
+    assert code == 1 and f"no space left on {runs.run_dir(out, 'digits', 'cifar_resnet32', 'vanilla', 0)}" in err
     assert "Traceback" not in err and "unexpected pos" not in err
     assert not list(tiny_disk.rglob("*.tmp"))  # no half-written file left behind
     for path in tiny_disk.rglob("*.json"):

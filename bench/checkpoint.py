@@ -86,14 +86,16 @@ def _check_optimizer(path: Path, saved: Any, optimizer: torch.optim.Optimizer) -
                                               f"the parameter is {_shape(params[pid])}")
 
 
-def load_method_weights(method: torch.nn.Module, path: Path, epochs: int) -> None:
-    """The method's weights from a run's last.pt; UsageError naming the file when it does not fit."""
+def load_method_weights(method: torch.nn.Module, path: Path, epochs: int) -> int:
+    """The method's weights from a run's last.pt; returns the epoch they are from. UsageError naming the file when
+    it does not fit."""
     try:
         state = read_checkpoint(path, epochs)
         check_fits(path, state, method, None)
     except records.Malformed as err:
         raise UsageError(str(err)) from None
     method.load_state_dict(state["method"])
+    return int(state["epoch"])
 
 
 # ---------------------------------------------------------------------------------------------

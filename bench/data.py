@@ -695,6 +695,16 @@ def _check_classes(dataset, spec: DatasetSpec) -> None:
                          f"{spec.num_classes}")
 
 
+def eval_transform(spec: DatasetSpec) -> dict[str, Any]:
+    """How the test split's images reach the network, as timm's `pretrained_cfg` fields, so that
+    `timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=...))` on the original image files
+    gives what the run evaluated: image folders are resized once to the square size, bilinear (PIL, antialiased);
+    ImageNet-style data is resized to size / 0.875 and centre-cropped."""
+    return {"input_size": [3, spec.image_size, spec.image_size], "interpolation": "bilinear",
+            "crop_pct": 0.875 if spec.resized_crop else 1.0, "crop_mode": "center" if spec.resized_crop else "squash",
+            "mean": list(spec.mean or ()), "std": list(spec.std or ()), "num_classes": spec.num_classes}
+
+
 def build_eval_loader(spec: DatasetSpec | str, data_cfg, device: torch.device, channels_last: bool, rank: int = 0,
                       world: int = 1):
     """The test split of a dataset (a `dataset_spec`, or a registered name), in order; sharded over `world`

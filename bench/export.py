@@ -39,6 +39,7 @@ class Network:
     input_size: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    pretrained_cfg: dict[str, Any]  # timm's fields for the evaluation transform (bench.data.eval_transform)
 
 
 def plain_network(method, name: str, backbone: str, spec, backbone_options: dict | None = None) -> Network:
@@ -56,7 +57,10 @@ def plain_network(method, name: str, backbone: str, spec, backbone_options: dict
                                                  **(backbone_options or {}))
     module.load_state_dict({k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
                             for k, v in state.items()}, strict=True)
-    return Network(module.eval(), backbone, kwargs, (3, spec.image_size, spec.image_size), spec.mean, spec.std)
+    from bench.data import eval_transform
+
+    return Network(module.eval(), backbone, kwargs, (3, spec.image_size, spec.image_size), spec.mean, spec.std,
+                   eval_transform(spec))
 
 
 def metadata(net: Network, summary: dict, name: str, fmt: str, file: Path) -> dict[str, Any]:
@@ -65,10 +69,13 @@ def metadata(net: Network, summary: dict, name: str, fmt: str, file: Path) -> di
         "schema": SCHEMA, "format": fmt, "file": file.name, "sha256": _sha256(file),
         "backbone": net.backbone, "timm_kwargs": net.timm_kwargs, "num_classes": net.timm_kwargs["num_classes"],
         "input_size": list(net.input_size), "mean": list(net.mean), "std": list(net.std),
+        "pretrained_cfg": net.pretrained_cfg,
         "method": summary.get("method"), "eval_model": name, "headline": name == summary.get("headline_model"),
         "dataset": summary.get("dataset"), "seed": summary.get("seed"), "epochs": summary.get("epochs_done"),
         "top1_error": final.get("top1_error"), "top5_error": final.get("top5_error"),
         "git_commit": summary.get("git_commit"),
+        "preprocess": "timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg)) "
+                      "on each image opened with PIL and converted to RGB",
         "load": (f"import backbones, timm; m = timm.create_model({net.backbone!r}, **timm_kwargs); "
                  "m.load_state_dict(safetensors.torch.load_file(file))" if fmt == "safetensors" else
                  "torch.jit.load(file)" if fmt == "torchscript" else "onnxruntime.InferenceSession(file)"),
@@ -196,7 +203,10 @@ def load_finished_run(folder: Path):
     torch.manual_seed(0)
     method = build_method(cfg.method, backbone_factory(cfg.backbone, spec.num_classes, spec.image_size,
                                                        **cfg.backbone_options), spec.num_classes, cfg.options)
-    load_method_weights(method, folder / runs.CHECKPOINT, cfg.epochs)
+    epoch = load_method_weights(method, folder / runs.CHECKPOINT, cfg.epochs)
+    if epoch != summary.get("epochs_done", epoch):
+        raise UsageError(f"{folder / runs.CHECKPOINT} holds epoch {epoch}, but summary.json reports "
+                         f"{summary['epochs_done']} epochs: these are not the weights it measured; not exported")
     return summary, cfg, method.eval()
 
 

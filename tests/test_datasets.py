@@ -203,3 +203,50 @@ def test_backbone_too_big_for_the_images_is_refused_up_front_then_runs_resized(t
     assert main([*args, "data.image_size=32"]) == 0
     summary = json.loads((out / "digits" / "convnext_atto" / "vanilla" / "seed0" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["image_size"] == 32
+
+
+def test_deployed_json_describes_the_eval_transform_so_timm_reproduces_the_run(tmp_path):
+    """PNGs of another size than the model's input: timm's create_transform(resolve_data_config(pretrained_cfg)) on
+    the original files gives the logits the run evaluated (so its error), and another interpolation does not."""
+    import safetensors.torch
+    import timm
+    import timm.data
+
+    import backbones  # noqa: F401  (registers cifar_* into timm)
+    from bench import records
+    from bench.data import build_eval_loader, run_dataset, with_statistics
+
+    root = tmp_path / "noise"
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        for c in range(3):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / split / f"c{c}/{i}.png")
+    out = tmp_path / "sweep"
+    assert main(["run", "--methods", "vanilla", "--datasets", f"noise=imagefolder:{root}", "--backbones",
+                 "cifar_resnet8", "--seeds", "0", "--epochs", "1", "--out", str(out), "--launcher", "inline",
+                 "--no-progress", "data.image_size=16", "data.batch_size=8"]) == 0
+    run = out / "noise" / "cifar_resnet8" / "vanilla" / "seed0"
+    meta = json.loads((run / "deployed.json").read_text())
+    cfg = meta["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 16, 16] and cfg["interpolation"] == "bilinear" and cfg["crop_pct"] == 1.0
+    model = timm.create_model(meta["backbone"], **meta["timm_kwargs"]).eval()
+    model.load_state_dict(safetensors.torch.load_file(run / "deployed.safetensors"))
+    files = sorted((root / "val").rglob("*.png"))
+    labels = torch.tensor([int(p.parent.name[1:]) for p in files])
+
+    def logits(interpolation: str) -> torch.Tensor:
+        transform = timm.data.create_transform(**timm.data.resolve_data_config(
+            pretrained_cfg={**cfg, "interpolation": interpolation}))
+        with torch.no_grad():
+            return model(torch.stack([transform(Image.open(p).convert("RGB")) for p in files]))
+
+    spec = with_statistics(run_dataset(records.load_config(run)), records.load_config(run).data)
+    with torch.no_grad():
+        harness = torch.cat([model(x) for x, _ in build_eval_loader(spec, records.load_config(run).data, CPU,
+                                                                        channels_last=False)])
+    assert torch.allclose(logits("bilinear"), harness, atol=1e-4)
+    error = 100.0 * float((logits("bilinear").argmax(1) != labels).float().mean())
+    assert error == pytest.approx(meta["top1_error"])
+    assert not torch.allclose(logits("bicubic"), harness, atol=1e-3)

@@ -193,6 +193,8 @@ def test_a_run_made_before_export_existed_exports_from_last_pt(sweep, tmp_path, 
     ("ensemble", "is an ensemble of several networks"),
     ("unwritable_out", "does not exist"),
     ("onnx_missing", "pip install 'okd-bench[onnx]'"),
+    ("zero_byte_checkpoint", "last.pt: unreadable checkpoint (EOFError"),
+    ("earlier_checkpoint", "holds epoch 1, but summary.json reports 2 epochs"),
 ])
 def test_bad_export_is_one_line_and_touches_nothing(sweep, case, message, tmp_path, capsys, monkeypatch):
     import shutil
@@ -213,6 +215,15 @@ def test_bad_export_is_one_line_and_touches_nothing(sweep, case, message, tmp_pa
         args += ["--model", "ensemble"]
     elif case == "unwritable_out":
         args += ["--out", str(tmp_path / "nowhere" / "m.safetensors")]
+    elif case == "zero_byte_checkpoint":
+        (folder / runs.CHECKPOINT).write_bytes(b"")
+    elif case == "earlier_checkpoint":  # last.pt of epoch 1 beside the summary of epoch 2
+        import torch
+
+        state = torch.load(folder / runs.CHECKPOINT, weights_only=True)
+        state.update(epoch=1, history=state["history"][:1])
+        state["best"] = {k: {**v, "epoch": 1} for k, v in state["best"].items()}
+        torch.save(state, folder / runs.CHECKPOINT)
     else:
         monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the optional package were not installed
         args += ["--format", "onnx"]

@@ -261,9 +261,28 @@ def scan(kind: str, root: str, name: str, train: bool) -> ImageList:
     return SCANNERS[kind](Path(root), name, train)
 
 
+MIN_IMAGE_SIDE = 8  # the smallest images any registered network trains on (digits are 8x8)
+
+
+def _verify_image(path: str) -> str | None:
+    """What is wrong with an image file (None when it decodes completely and is large enough)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # the whole file: a truncated image whose header reads fails here
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError) as err:
+        return f"is not a readable image ({err})"
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"is {width}x{height} pixels; images need at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+    return None
+
+
 def check_image_lists(train: ImageList, val: ImageList, name: str) -> None:
-    """Same classes in both splits, and every file opens as an image (its header; checked once per listing,
-    remembered in the cache)."""
+    """Same classes in both splits, no class without images in either, and every file decodes completely into an
+    image of at least MIN_IMAGE_SIDE pixels a side (checked once per listing, remembered in the cache); one line
+    naming the first offender otherwise."""
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
@@ -271,18 +290,24 @@ def check_image_lists(train: ImageList, val: ImageList, name: str) -> None:
                  f"only in val: {', '.join(only_val[:5])}" if only_val else ""]
         raise UsageError(f"dataset {name}: class folders differ between train and val "
                          f"({'; '.join(p for p in parts if p)})")
-    from PIL import Image
+    for lst in (train, val):
+        counts = np.bincount([label for _, label in lst.samples], minlength=len(lst.classes))
+        empty = [c for c, n in zip(lst.classes, counts) if n == 0]
+        if empty:
+            raise UsageError(f"dataset {name}: class {empty[0]} has no image in {lst.where}/"
+                             + (f" (nor {len(empty) - 1} more classes)" if len(empty) > 1 else "")
+                             + "; every class needs images in train and val")
+    from concurrent.futures import ThreadPoolExecutor
 
     for lst in (train, val):
-        marker = cache_dir() / "verified" / f"{listing_key(lst)}.ok"
+        marker = cache_dir() / "verified" / f"{listing_key(lst, 'decoded', MIN_IMAGE_SIDE)}.ok"
         if marker.exists():
             continue
-        for path, _ in lst.samples:
-            try:
-                with Image.open(path) as img:
-                    img.size  # noqa: B018  (the header is read)
-            except (OSError, ValueError, SyntaxError) as err:
-                raise UsageError(f"dataset {name}: {path} is not a readable image ({err})") from None
+        paths = [path for path, _ in lst.samples]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for path, problem in zip(paths, pool.map(_verify_image, paths, chunksize=64)):
+                if problem:
+                    raise UsageError(f"dataset {name}: {path} {problem}")
         _write_cache(marker, b"")
 
 

@@ -89,12 +89,28 @@ def bad_tree(kind: str, root: Path) -> Path:
         (root / "train" / "class_0" / "1.png").write_bytes(b"not a png at all")
     elif kind == "no_train":
         (root / "train").rename(root / "training")
+    elif kind == "tiny_images":
+        Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(root / "train" / "class_1" / "2.png")
+    elif kind == "empty_train_class":
+        (root / "train" / "class_2").mkdir()
+        (root / "val" / "class_2").mkdir()
+        Image.fromarray(coloured(2, 8, np.random.default_rng(0))).save(root / "val" / "class_2" / "0.png")
+    elif kind == "empty_val_class":
+        for p in (root / "val" / "class_0").iterdir():
+            p.unlink()
+    elif kind == "truncated":
+        path = root / "val" / "class_1" / "1.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the header reads, the pixels do not
     return root
 
 
 @pytest.mark.parametrize("kind, expected", [
     ("no_images", "no images under"), ("classes_differ", "class folders differ between train and val"),
     ("unreadable", "1.png is not a readable image"), ("no_train", "train/ not found"),
+    ("tiny_images", "2.png is 1x1 pixels; images need at least 8x8"),
+    ("empty_train_class", "class class_2 has no image in"), ("empty_val_class", "class class_0 has no image in"),
+    ("truncated", "val/class_1/1.png is not a readable image (image file is truncated"),
 ])
 def test_bad_image_folder_is_one_line_before_any_run(kind, expected, tmp_path, capsys):
     root = bad_tree(kind, tmp_path / "data")

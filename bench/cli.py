@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.errors import UsageError, unknown
+from bench.errors import NoResults, UsageError, unknown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,6 +275,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.write:
         check_output_folder(Path(args.write), "--write")
     roots, collection, spec = _collect(args)
+    if collection.models.empty:
+        raise NoResults(f"no finished runs under {', '.join(map(str, roots))} ('bench status' shows where runs stand)")
     if args.csv:
         text = collection.models.to_csv(index=False)
         if args.csv == "-":
@@ -301,10 +303,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     roots, collection, _ = _collect(args)
     folder = Path(args.write) if args.write else Path(roots[0]) / "plots"
     check_output_folder(folder, "plots folder")
+    if collection.models.empty:
+        raise NoResults(f"no finished runs under {', '.join(map(str, roots))} to plot ('bench status' shows where "
+                        "runs stand)")
     paths = write_plots(collection, folder)
-    if not paths:
-        print("no finished runs to plot", file=sys.stderr)
-        return 1
     print(f"{len(paths)} plot files written to {folder}")
     return 0
 
@@ -481,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
+    except NoResults as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         print(f"bench: interrupted{_stopped(err)}; {RESUMES}", file=sys.stderr)
         return 130

@@ -232,7 +232,18 @@ def to_dict(obj: Any) -> Any:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """safe_load with YAML 1.2 booleans: only true/false are booleans, so `amp: off` stays a string."""
+    """safe_load with YAML 1.2 booleans (only true/false are booleans, so `amp: off` stays a string) and no key given
+    twice in one mapping (YAML forbids it; PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 YamlLoader.yaml_implicit_resolvers = {

@@ -10,6 +10,11 @@ class UsageError(Exception):
     """Bad input from the user (a name, a value, a file): printed as one line by the CLI."""
 
 
+class NoResults(Exception):
+    """A results folder with nothing to show (no run, or no finished run): one line, exit code 1, for table, plot,
+    report and status alike."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """'; did you mean X?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)

@@ -26,7 +26,7 @@ import submitit
 from bench import plugins, runs
 from bench.config import SweepConfig
 from bench.errors import UsageError, did_you_mean, unknown
-from bench.sweep import RunSpec, check_builds, check_device_here, prepare
+from bench.sweep import RunSpec, check_builds, check_device_here, check_run_folders, outside_runs, prepare, warn_outside
 
 LAUNCHERS = ("local", "inline", "slurm")
 MANIFEST = "sweep.json"
@@ -352,11 +352,13 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
         if shutil.which("sbatch") is None:
             raise UsageError("--launcher slurm: sbatch not found on this machine (is SLURM installed?)")
     out = Path(sweep.out)
-    specs = prepare(sweep, force=opts.force)
+    specs = prepare(sweep)
     if opts.launcher != "slurm":  # SLURM runs find their devices on the cluster's nodes
         check_device_here(sweep.compute)
+    check_builds(specs + outside_runs(sweep))  # a bad value is its own error, never "a different config"
+    check_run_folders(specs, opts.force)
+    warn_outside(sweep)
     todo, skipped = classify(specs, out, opts)
-    check_builds(todo)
     notes = [f"{n} {k}" for k, n in skipped.items() if n]
     print(sweep_line(len(specs), len(todo), notes, out, preset, opts.launcher))
     if skipped["failed"]:

@@ -86,6 +86,9 @@ def load_plugin(spec: str) -> dict[str, str]:
     try:
         if is_file_spec(spec):
             path = Path(spec)
+            if path.is_dir():
+                raise UsageError(f"plug-in {path} is a folder: give a .py file, or the name of an importable module "
+                                 "(a package)")
             if not path.is_file():
                 raise UsageError(f"plug-in file {path} not found")
             _import_file(path)
@@ -103,6 +106,9 @@ def load_plugin(spec: str) -> dict[str, str]:
         raise
     except SyntaxError as err:
         raise UsageError(f"plug-in {spec} does not import: SyntaxError: {err.msg} (line {err.lineno})") from None
+    except SystemExit as err:  # a plug-in that exits at import would end bench with its code and no word
+        raise UsageError(f"plug-in {spec} does not import: it calls sys.exit({err.code!r}) while being imported"
+                         ) from None
     except Exception as err:
         raise UsageError(f"plug-in {spec} does not import: {_first_line(err)}") from None
     _loaded[spec] = record
@@ -120,7 +126,7 @@ def load_entry_points() -> list[dict[str, str]]:
         key = f"entry point {ep.name}"
         try:
             module = ep.load()
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise UsageError(f"plug-in entry point '{ep.name} = {ep.value}' (group {ENTRY_POINT_GROUP}) does not "
                              f"import: {_first_line(err)}") from None
         _loaded[key] = _record(ep.name, "entry point", getattr(module, "__file__", None))

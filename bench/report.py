@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import runs
-from bench.errors import UsageError
+from bench.errors import NoResults, UsageError
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem;
@@ -118,7 +118,7 @@ def build_report(roots: list[Path]) -> str:
     for note in collection.warnings:
         print(f"warning: {note}", file=sys.stderr)
     if collection.models.empty:
-        raise UsageError(f"no finished run under {', '.join(map(str, roots))}: nothing to report "
+        raise NoResults(f"no finished run under {', '.join(map(str, roots))}: nothing to report "
                          "('bench status' shows where the runs stand)")
     results = render(collection, TableSpec(significance=True), "md")
     best = render(collection, TableSpec(metric="best", significance=True), "md")

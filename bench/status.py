@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from bench import runs
-from bench.errors import UsageError
+from bench.errors import NoResults, UsageError
 from bench.launch import MANIFEST, read_manifest, slurm_queue, update_manifest
 
 RUN_MARKERS = (*runs.RUN_FILES, "job.json", runs.LOCK)
@@ -85,6 +85,10 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
         if bad:
             rec["error"] = f"{bad[0].path.name}: {bad[0].problem}"
         rec["epochs"] = (summary or {}).get("epochs") or (config.epochs if config is not None else None)
+        if rec["epochs"] and rec["epoch"] > rec["epochs"]:  # another run's metrics, or a config changed by hand
+            problem = f"{rec['epoch']} epochs recorded for a run of {rec['epochs']}"
+            notes.append(f"{folder / runs.METRICS}: {problem}")
+            rec["error"], rec["epoch"], corrupt = f"{runs.METRICS}: {problem}", rec["epochs"], True
         holder = runs.lock_holder(folder, notes)
         if corrupt:
             rec["state"] = "corrupt"
@@ -195,6 +199,8 @@ def print_status(out: Path, watch: float | None = None) -> int:
         raise UsageError(f"--watch takes a positive number of seconds, got {watch}")
     while True:
         text, records = status_text(out)
+        if not records:
+            raise NoResults(f"no runs in {out} (a sweep folder that 'bench run --out' made)")
         if watch is None:
             sys.stdout.write(text)
             return 0

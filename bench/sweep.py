@@ -77,11 +77,8 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     from bench.loggers import check_logging
 
     check_logging(sweep.logging)
-    for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too
+    for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too (outside_runs)
         check_finite(resolve_options(m, overrides), m)
-        if m not in sweep.methods:
-            print(f"warning: options for {m} are set, but {m} is not in this sweep's methods "
-                  f"({', '.join(sweep.methods)}); they are ignored", file=sys.stderr)
     return {m: options_dict(resolve_options(m, sweep.options.get(m))) for m in sweep.methods}
 
 
@@ -229,14 +226,37 @@ def expand(sweep: SweepConfig, options: dict[str, dict[str, Any]]) -> list[RunSp
             for d in sweep.datasets for b in sweep.backbones for m in sweep.methods for s in sweep.seeds]
 
 
-def prepare(sweep: SweepConfig, force: bool = False) -> list[RunSpec]:
-    """Validate the sweep and everything it would touch; return its runs."""
-    from bench.train import check_run_folder
-
+def prepare(sweep: SweepConfig) -> list[RunSpec]:
+    """Validate the sweep's names and numbers, its results folder and its data; return its runs."""
     options = validate(sweep)
     check_writable(Path(sweep.out))
     check_data(sweep)
-    specs = expand(sweep, options)
+    return expand(sweep, options)
+
+
+def outside_runs(sweep: SweepConfig) -> list[RunSpec]:
+    """One stand-in run per method whose options are set but which is not in the sweep (on the sweep's first
+    backbone and dataset), so that check_builds judges those options too: they are ignored, but never wrong."""
+    from bench import plugins
+    from methods.base import options_dict, resolve_options
+
+    loaded = plugins.records_for(sweep.plugins)
+    d, b, s = sweep.datasets[0], sweep.backbones[0], sweep.seeds[0]
+    return [RunSpec(run_config(sweep, m, b, d, s, options_dict(resolve_options(m, o)), loaded),
+                    runs.run_dir(Path(sweep.out), d, b, m, s))
+            for m, o in sweep.options.items() if m not in sweep.methods]
+
+
+def warn_outside(sweep: SweepConfig) -> None:
+    for m in sweep.options:
+        if m not in sweep.methods:
+            print(f"warning: options for {m} are set, but {m} is not in this sweep's methods "
+                  f"({', '.join(sweep.methods)}); they are ignored", file=sys.stderr)
+
+
+def check_run_folders(specs: list[RunSpec], force: bool) -> None:
+    """Each run folder that exists holds this very run (see bench.train.check_run_folder)."""
+    from bench.train import check_run_folder
+
     for spec in specs:
         check_run_folder(spec.folder, spec.config, force)
-    return specs

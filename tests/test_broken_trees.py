@@ -87,6 +87,8 @@ CASES = [
     ("metrics_errors_list", runs.METRICS, _metrics_edit(lambda ls: ls[0].__setitem__("top1_error", [3])), BOTH),
     ("metrics_error_nan", runs.METRICS, _metrics_edit(lambda ls: ls[0]["top1_error"].__setitem__("net", math.nan)),
      BOTH),
+    ("metrics_more_epochs_than_the_run", runs.METRICS,  # e.g. another run's file: `bench status` said 6/4 epochs
+     _metrics_edit(lambda ls: ls.extend({**ls[-1], "epoch": ls[-1]["epoch"] + i + 1} for i in range(4))), STATUS),
     ("config_malformed_yaml", runs.CONFIG, _write(b"method: [vanilla\nseed: 0\n"), STATUS),
     ("config_unknown_key", runs.CONFIG, lambda p: p.write_text(p.read_text() + "colour: blue\n"), STATUS),
     ("config_undecodable", runs.CONFIG, _write(b"method: \xff\n"), STATUS),

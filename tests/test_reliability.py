@@ -151,6 +151,37 @@ def test_bad_input_leaves_an_existing_sweep_untouched(tmp_path, capsys):
         assert main([*args, *bad]) == 2
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
     assert "did you mean 'vanilla'" in capsys.readouterr().err
+    # an invalid value is its own error, not "a different config" (which only a valid change is)
+    for bad, expected in ((["one.num_branches=-4"], "one needs num_branches >= 2, got -4"),
+                          (["--methods", "pcl", "pcl.branch_point=nosuch"], "cannot split backbone at 'nosuch'"),
+                          (["--device", "cuda"], "CUDA is not available")):
+        if "cuda" in bad and torch.cuda.is_available():
+            continue
+        assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err and "different config" not in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+@pytest.mark.parametrize("case", ["exits_at_import", "a_folder", "a_folder_with_slash"])
+def test_a_plugin_that_exits_or_is_a_folder_is_one_line(case, tmp_path, capsys):
+    plugin = tmp_path / "exits.py"
+    plugin.write_text("import sys\nsys.exit(3)\n")
+    spec = {"exits_at_import": str(plugin), "a_folder": str(tmp_path), "a_folder_with_slash": f"{tmp_path}/"}[case]
+    out = tmp_path / "sweep"
+    assert main(["run", "--plugin", spec, "--methods", "vanilla", "--datasets", "digits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    expected = "calls sys.exit(3) while being imported" if case == "exits_at_import" else "is a folder"
+    assert err.count("\n") == 1 and expected in err, err
+    assert not out.exists()
+
+
+def test_an_empty_folder_is_one_line_and_exit_1_for_table_plot_report_and_status(tmp_path, capsys):
+    for command in ("table", "plot", "report", "status"):
+        assert main([command, str(tmp_path)]) == 1, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path) in err, (command, err)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------

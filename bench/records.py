@@ -253,6 +253,7 @@ def check_checkpoint(path: Path, state: Any, epochs: int) -> None:
         value = state.get(key, [])
         _check(path, isinstance(value, list) and all(isinstance(r, dict) for r in value),
                f"'{key}' should be a list of records")
+    _check(path, isinstance(state.get("runtime", {}), dict), "'runtime' should be a mapping")
     check_rng(path, state["rng"])
 
 

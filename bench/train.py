@@ -197,6 +197,7 @@ class Trainer:
                                  self.branch_streams)
         self.start_epoch, self.step, self.history, self.best, self.resumes = 0, 0, [], {}, []
         self.rejected: list[dict[str, Any]] = []  # checkpoints kept aside as not fitting (the run started over)
+        self.first_runtime: dict[str, Any] | None = None  # where the run started (resumes may run elsewhere)
 
     def runtime_record(self) -> dict[str, Any]:
         """What changes a run's numbers without being one of its settings: CPU threads, the device, how many runs
@@ -205,6 +206,20 @@ class Trainer:
                 "device": str(self.device), "device_name": device_name(self.device),
                 "runs_per_device": self.runs_per_device, "deterministic": torch.are_deterministic_algorithms_enabled(),
                 "cpu_count": os.cpu_count()}
+
+    def runtime_note(self) -> str | None:
+        """Why this run's numbers may differ from an uninterrupted run of the same settings: a resume that ran with
+        other threads, another device or another packing than the start (None when none did)."""
+        first = self.first_runtime
+        if not first:
+            return None
+        keys = ("intra_op_threads", "inter_op_threads", "device_name", "runs_per_device", "deterministic")
+        for resume in self.resumes:
+            changed = [f"{k} {first.get(k)} -> {resume[k]}" for k in keys if k in resume and resume[k] != first.get(k)]
+            if changed:
+                return (f"resumed at epoch {resume.get('epoch')} with {', '.join(changed)}: its numbers may differ "
+                        "from an uninterrupted run's")
+        return None
 
     def autocast(self):
         return autocast_context(self.device, self.amp_dtype)
@@ -215,7 +230,8 @@ class Trainer:
             return
         state = {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "epoch": self.start_epoch, "step": self.step, "history": self.history, "best": self.best,
-                 "resumes": self.resumes, "rejected": self.rejected, "rng": rng_state()}
+                 "resumes": self.resumes, "rejected": self.rejected, "rng": rng_state(),
+                 "runtime": self.first_runtime or self.runtime_record()}
         runs.atomic_write(self.folder / runs.CHECKPOINT, lambda f: torch.save(state, f), binary=True)
         runs.write_jsonl(self.folder / runs.METRICS, self.history)
         runs.write_text(self.folder / runs.METRICS_CSV, metrics_csv(self.history))
@@ -249,6 +265,7 @@ class Trainer:
         self.history, self.best = list(state["history"]), dict(state["best"])
         self.resumes = list(state.get("resumes", []))
         self.rejected = list(state.get("rejected", []))
+        self.first_runtime = state.get("runtime") if isinstance(state.get("runtime"), dict) else None
         return True
 
     # -- one epoch -----------------------------------------------------------------------------
@@ -400,7 +417,8 @@ class Trainer:
             "optimizer_impl": self.optimizer_impl, "world_size": self.world,
             "cuda_graphs": self.cuda_graphs and not getattr(self.step_fn, "failed", None),
             "cudnn_benchmark": self.cudnn_benchmark, "runs_per_device": self.runs_per_device,
-            "branch_streams": self.branch_streams, "runtime": self.runtime_record(),
+            "branch_streams": self.branch_streams, "runtime": self.first_runtime or self.runtime_record(),
+            "runtime_note": self.runtime_note(),
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,

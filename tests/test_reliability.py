@@ -594,3 +594,24 @@ def test_a_job_pickled_by_an_older_version_runs_with_this_versions_defaults(tmp_
     assert result["status"] == "done" and result["runs_per_device"] == 1
     assert result["cuda_graphs"] is False and records.load_config(spec.folder).logging.wandb == "off"
     assert [r["epoch"] for r in records.load_metrics(spec.folder)] == [1]
+
+
+def test_a_resume_at_another_thread_count_is_recorded_and_said_in_the_summary(tmp_path):
+    """The same settings give the same numbers; where a resume ran with other CPU threads than the start, the
+    summary says so (and which), since the numbers may then differ from an uninterrupted run's."""
+    from bench.train import train_run
+    from tests.conftest import train_until_interrupted
+
+    threads = torch.get_num_threads()
+    folder = tmp_path / "run"
+    config = _demo_config(2)
+    try:
+        torch.set_num_threads(1)
+        train_until_interrupted(config, folder, epoch=1)
+        torch.set_num_threads(2)
+        summary = train_run(_demo_config(2), folder, progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["runtime"]["intra_op_threads"] == 1 and summary["resumes"][0]["intra_op_threads"] == 2
+    assert "resumed at epoch 1 with intra_op_threads 1 -> 2" in summary["runtime_note"]
+    assert records.load_config(folder).runtime["intra_op_threads"] == 2  # where the last segment ran

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -42,7 +43,8 @@ class OptimConfig(Settings):
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    milestones: list[int] = field(default_factory=lambda: [150, 225])
+    milestones: list[int] | None = None  # epochs where lr *= gamma; None: milestone_fractions of the run's epochs
+    milestone_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])  # the paper's 150/225 of 300
     gamma: float = 0.1
 
 
@@ -99,7 +101,8 @@ class TrainConfig(Settings):
     """Everything about one run except which grid cell it is."""
 
     epochs: int = 300
-    rampup_epochs: float = 80.0
+    rampup_epochs: float | None = None  # KD ramp-up length in epochs; None: rampup_fraction of the run's epochs
+    rampup_fraction: float = 80 / 300  # the paper's 80 of 300 epochs
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
@@ -361,10 +364,21 @@ def split_dataset_sources(sweep: SweepConfig) -> SweepConfig:
     return sweep
 
 
+def resolved_schedule(cfg: TrainConfig) -> tuple[list[int], float]:
+    """(lr milestones, ramp-up epochs) of a run of `cfg.epochs` epochs: the explicit ones where given, else the
+    fractions of the run (the paper's 150/225 and 80 of 300 epochs become 50/75 and 26.7 at --epochs 100)."""
+    milestones = cfg.optim.milestones
+    if milestones is None:
+        milestones = [int(math.floor(f * cfg.epochs + 0.5)) for f in cfg.optim.milestone_fractions]
+    rampup = cfg.rampup_epochs if cfg.rampup_epochs is not None else round(cfg.rampup_fraction * cfg.epochs, 3)
+    return list(milestones), float(rampup)
+
+
 def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
                options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None) -> RunConfig:
     """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
     shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
+    shared["optim"].milestones, shared["rampup_epochs"] = resolved_schedule(sweep)
     return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
                      options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
                      loaded_plugins=[dict(r) for r in loaded_plugins or []])

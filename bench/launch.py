@@ -26,7 +26,16 @@ import submitit
 from bench import plugins, runs
 from bench.config import SweepConfig
 from bench.errors import UsageError, did_you_mean, unknown
-from bench.sweep import RunSpec, check_builds, check_device_here, check_run_folders, outside_runs, prepare, warn_outside
+from bench.sweep import (
+    RunSpec,
+    check_builds,
+    check_device_here,
+    check_run_folders,
+    outside_runs,
+    prepare,
+    schedule_line,
+    warn_outside,
+)
 
 LAUNCHERS = ("local", "inline", "slurm")
 MANIFEST = "sweep.json"
@@ -356,11 +365,12 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     if opts.launcher != "slurm":  # SLURM runs find their devices on the cluster's nodes
         check_device_here(sweep.compute)
     check_builds(specs + outside_runs(sweep))  # a bad value is its own error, never "a different config"
-    check_run_folders(specs, opts.force)
+    check_run_folders(specs, opts.force, sweep)
     warn_outside(sweep)
     todo, skipped = classify(specs, out, opts)
     notes = [f"{n} {k}" for k, n in skipped.items() if n]
     print(sweep_line(len(specs), len(todo), notes, out, preset, opts.launcher))
+    print(schedule_line(sweep))
     if skipped["failed"]:
         print("  failed runs are not rerun without --retry-failed")
     if opts.force:

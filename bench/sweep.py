@@ -61,7 +61,11 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     o = sweep.optim
     for where, value, ok, valid in (
             ("epochs", sweep.epochs, 1 <= sweep.epochs <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
-            ("rampup_epochs", sweep.rampup_epochs, 0 <= sweep.rampup_epochs <= MAX_EPOCHS, "from 0 to the epochs"),
+            ("rampup_epochs", sweep.rampup_epochs,
+             sweep.rampup_epochs is None or 0 <= sweep.rampup_epochs <= MAX_EPOCHS, "from 0 to the epochs"),
+            ("rampup_fraction", sweep.rampup_fraction, 0 <= sweep.rampup_fraction <= 1, "from 0 to 1 (of the run)"),
+            ("optim.milestone_fractions", o.milestone_fractions, all(0 <= f <= 1 for f in o.milestone_fractions),
+             "fractions of the run, from 0 to 1"),
             ("data.batch_size", sweep.data.batch_size, sweep.data.batch_size >= 1, "at least 1"),
             ("data.eval_batch_size", sweep.data.eval_batch_size, sweep.data.eval_batch_size >= 1, "at least 1"),
             ("data.workers", sweep.data.workers, sweep.data.workers >= 0, "0 or more"),
@@ -70,8 +74,10 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
             ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "from 0 to below 1"),
             ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "0 or more"),
             ("optim.gamma", o.gamma, 0 < o.gamma <= 1, "above 0, at most 1"),
-            ("optim.milestones", o.milestones, all(m >= 0 for m in o.milestones), "epochs, 0 or more")):
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):  # NaN fails every comparison too
+            ("optim.milestones", o.milestones, o.milestones is None or all(m >= 0 for m in o.milestones),
+             "epochs, 0 or more")):
+        numbers = value if isinstance(value, list) else [value]
+        if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in numbers):  # NaN fails every test
             raise UsageError(f"{where} must be {valid}, got {value}")
     check_compute(sweep.compute)
     from bench.loggers import check_logging
@@ -247,6 +253,34 @@ def outside_runs(sweep: SweepConfig) -> list[RunSpec]:
             for m, o in sweep.options.items() if m not in sweep.methods]
 
 
+def schedule_line(sweep: SweepConfig) -> str:
+    """The resolved schedule, printed when a sweep starts; a part that cannot act within the run is named in a
+    warning line of its own."""
+    from bench.config import resolved_schedule
+
+    milestones, rampup = resolved_schedule(sweep)
+    how = "as given" if sweep.optim.milestones is not None else (
+        "fractions " + "/".join(f"{f:g}" for f in sweep.optim.milestone_fractions) + " of the run")
+    ramp_how = "as given" if sweep.rampup_epochs is not None else f"{sweep.rampup_fraction:.4g} of the run"
+    text = (f"schedule: {sweep.epochs} epochs, lr {sweep.optim.lr:g} x{sweep.optim.gamma:g} at epochs "
+            f"{', '.join(map(str, milestones)) or 'none'} ({how}); KD ramp-up over {rampup:g} epochs ({ramp_how})")
+    late = [m for m in milestones if m >= sweep.epochs]
+    if late:
+        text += (f"\nwarning: lr milestone{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "
+                 f"{'are' if len(late) > 1 else 'is'} not before the last epoch ({sweep.epochs}): the lr never drops "
+                 "there")
+    if rampup > sweep.epochs:
+        text += (f"\nwarning: the KD ramp-up ({rampup:g} epochs) is longer than the run ({sweep.epochs}): distillation "
+                 f"ends at weight {_rampup_weight(sweep.epochs, rampup):.2f} of its full strength")
+    return text
+
+
+def _rampup_weight(epoch: float, rampup: float) -> float:
+    from methods.losses import sigmoid_rampup
+
+    return float(sigmoid_rampup(epoch, rampup))
+
+
 def warn_outside(sweep: SweepConfig) -> None:
     for m in sweep.options:
         if m not in sweep.methods:
@@ -254,9 +288,40 @@ def warn_outside(sweep: SweepConfig) -> None:
                   f"({', '.join(sweep.methods)}); they are ignored", file=sys.stderr)
 
 
-def check_run_folders(specs: list[RunSpec], force: bool) -> None:
-    """Each run folder that exists holds this very run (see bench.train.check_run_folder)."""
+def check_run_folders(specs: list[RunSpec], force: bool, sweep: SweepConfig | None = None) -> None:
+    """Each run folder that exists holds this very run (see bench.train.check_run_folder). A run folder made before
+    the schedule followed --epochs keeps the schedule it recorded (unless the sweep gives one explicitly), so it
+    stays done, or resumes as it started."""
     from bench.train import check_run_folder
 
+    kept = 0
     for spec in specs:
+        if sweep is not None and not force:
+            kept += keep_recorded_schedule(spec, sweep)
         check_run_folder(spec.folder, spec.config, force)
+    if kept:
+        print(f"note: {kept} run folder{'s' if kept > 1 else ''} made before the schedule followed --epochs keep "
+              "their recorded lr milestones and ramp-up")
+
+
+def keep_recorded_schedule(spec: RunSpec, sweep: SweepConfig) -> bool:
+    """Adopt the lr milestones and ramp-up recorded by a run folder written before they were fractions of the run;
+    True when that changed the run's config."""
+    from bench import records
+    from bench.config import parse_yaml
+
+    try:
+        raw = parse_yaml(records.read_text(spec.folder / runs.CONFIG) or "")
+    except Exception:  # an unreadable config is check_run_folder's to report
+        return False
+    optim = raw.get("optim") if isinstance(raw, dict) else None
+    if not isinstance(optim, dict) or "milestone_fractions" in optim:
+        return False
+    before = (list(spec.config.optim.milestones), spec.config.rampup_epochs)
+    recorded = optim.get("milestones")
+    if sweep.optim.milestones is None and isinstance(recorded, list) and all(isinstance(m, int) for m in recorded):
+        spec.config.optim.milestones = list(recorded)
+    ramp = raw.get("rampup_epochs")
+    if sweep.rampup_epochs is None and isinstance(ramp, (int, float)) and not isinstance(ramp, bool):
+        spec.config.rampup_epochs = float(ramp)
+    return (list(spec.config.optim.milestones), spec.config.rampup_epochs) != before

@@ -120,6 +120,8 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
         for settings in (old, new):
             settings.pop("logging", None)  # trackers can be switched on or off for a run at any time
             settings.pop("runtime", None)  # where it ran is recorded, not a setting
+            settings.pop("rampup_fraction", None)  # the schedule's fractions resolve into milestones and ramp-up,
+            (settings.get("optim") or {}).pop("milestone_fractions", None)  # which are what a run is compared on
     if old != new:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import SweepConfig, from_dict, load_preset, load_yaml, parse_override, preset_names
+from bench.config import (
+    SweepConfig,
+    from_dict,
+    load_preset,
+    load_yaml,
+    parse_override,
+    preset_names,
+    resolved_schedule,
+)
 from bench.errors import UsageError
 
 
 def test_defaults_are_the_paper_protocol():
     cfg = SweepConfig()
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, True, 5e-4)
-    assert cfg.optim.milestones == [150, 225] and cfg.epochs == 300 and cfg.data.batch_size == 128
-    assert cfg.rampup_epochs == 80
+    assert cfg.optim.milestones is None and cfg.epochs == 300 and cfg.data.batch_size == 128  # from the fractions:
+    assert resolved_schedule(cfg) == ([150, 225], 80.0)
 
 
 def test_presets_load_and_differ():

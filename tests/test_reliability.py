@@ -547,13 +547,20 @@ def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, 
     cut_config = records.load_config(cut)
     runs.reset_run_folder(cut)
     train_until_interrupted(cut_config, cut, epoch=1)  # seed 1: one epoch done, then killed
-    for folder in (done, cut):  # as the previous version wrote them
+    for folder in (done, cut):  # as the previous versions wrote them
         config = yaml.safe_load((folder / runs.CONFIG).read_text())
-        for key in ("cuda_graphs", "cudnn_benchmark", "branch_streams"):
+        for key in ("cuda_graphs", "cudnn_benchmark", "branch_streams", "threads"):
             del config["compute"][key]
+        del config["runtime"], config["rampup_fraction"], config["optim"]["milestone_fractions"]
+        config["optim"]["milestones"], config["rampup_epochs"] = [6, 8], 4.0  # the demo's, whatever --epochs
         (folder / runs.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        state = torch.load(folder / runs.CHECKPOINT, weights_only=True)
+        for key in ("rejected", "runtime"):
+            del state[key]
+        torch.save(state, folder / runs.CHECKPOINT)
     summary = json.loads((done / runs.SUMMARY).read_text())
-    for key in ("deployed", "cuda_graphs", "cudnn_benchmark", "runs_per_device", "branch_streams"):
+    for key in ("deployed", "cuda_graphs", "cudnn_benchmark", "runs_per_device", "branch_streams", "runtime",
+                "runtime_note", "rejected_checkpoints"):
         summary.pop(key)
     (done / runs.SUMMARY).write_text(json.dumps(summary))
     for name in ("deployed.safetensors", "deployed.json"):
@@ -562,7 +569,9 @@ def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, 
     capsys.readouterr()
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "1 to run (1 done: skipped)" in text
+    assert "1 to run (1 done: skipped)" in text and "2 run folders made before the schedule" in text
+    resumed = records.load_config(cut)
+    assert resumed.optim.milestones == [6, 8] and resumed.rampup_epochs == 4.0  # the schedule it started with
     assert json.loads((cut / runs.SUMMARY).read_text())["resumes"][0]["epoch"] == 1
     assert json.loads((done / runs.SUMMARY).read_text()) == summary  # untouched
     assert main(["table", str(out)]) == 0 and main(["export", str(done)]) == 0
@@ -587,11 +596,12 @@ def test_a_job_pickled_by_an_older_version_runs_with_this_versions_defaults(tmp_
     # compute.cuda_graphs / cudnn_benchmark (pickle stores each object's __dict__ under its class's name)
     del job.__dict__["runs_per_device"], spec.config.__dict__["logging"]
     del spec.config.compute.__dict__["cuda_graphs"], spec.config.compute.__dict__["cudnn_benchmark"]
+    del spec.config.compute.__dict__["threads"], spec.config.__dict__["runtime"]
     submitit.helpers.DelayedSubmission(job, spec).dump(tmp_path / "submitted.pkl")
 
     result = submitit.helpers.DelayedSubmission.load(tmp_path / "submitted.pkl").result()
 
-    assert result["status"] == "done" and result["runs_per_device"] == 1
+    assert result["status"] == "done" and result["runs_per_device"] == 1 and result["runtime"]["intra_op_threads"] == 1
     assert result["cuda_graphs"] is False and records.load_config(spec.folder).logging.wandb == "off"
     assert [r["epoch"] for r in records.load_metrics(spec.folder)] == [1]
 

@@ -27,23 +27,41 @@ DISPLAY = {"vanilla": "Vanilla", "dml": "DML", "cl": "CL", "one": "ONE", "okddip
            "ffl_s": "FFL-S", "pcl": "PCL"}
 
 
+LABELS: dict[str, str] = {}  # variant row key (pcl+mean_teacher=off) -> its label suffix ("w/o mean teacher")
+FALLBACKS: dict[str, tuple[str, str]] = {}  # row -> (its headline model, its method's usual one) where they differ
+
+
 def display_name(method: str) -> str:
-    """A method's row name: the name its runs recorded (summary.json `display_name`, set by the method class,
-    e.g. a plug-in's), else the built-in one, else the registered name."""
-    base, ensemble = (method[:-2], True) if method.endswith("-E") else (method, False)
-    return DISPLAY.get(base, base) + ("-E" if ensemble else "")
+    """A row's name: the method's name its runs recorded (summary.json `display_name`, set by the method class,
+    e.g. a plug-in's), else the built-in one, else the registered name; a variant adds its label ("PCL w/o mean
+    teacher", "PCL T=4"), an ensemble row "-E" ("PCL-E w/o mean teacher")."""
+    row, ensemble = (method[:-2], True) if method.endswith("-E") else (method, False)
+    base = row.split("+", 1)[0]
+    label = LABELS.get(row) or (row.split("+", 1)[1] if "+" in row else "")
+    return DISPLAY.get(base, base) + ("-E" if ensemble else "") + (f" {label}" if label else "")
 
 
-def remember_display_name(method: str, name: Any) -> None:
-    """Record the display name a run of `method` wrote (runs of methods no longer installed keep their name)."""
+def remember_display_name(method: str, name: Any, row: str | None = None, label: Any = None) -> None:
+    """Record the display name a run of `method` wrote (runs of methods no longer installed keep their name), and
+    its variant's label."""
     if isinstance(name, str) and name.strip() and method not in PAPER_ORDER:
         DISPLAY[method] = name.strip()
+    if row and row != method and isinstance(label, str) and label.strip():
+        LABELS[row] = label.strip()
 
 
-def row_order(method_row: str) -> tuple[int, int, str]:
-    base = method_row[:-2] if method_row.endswith("-E") else method_row
+def row_order(method_row: str) -> tuple[int, int, str, str]:
+    row = method_row[:-2] if method_row.endswith("-E") else method_row
+    base, _, variant = row.partition("+")
     rank = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER)
-    return (int(method_row.endswith("-E")), rank, method_row)
+    return (int(method_row.endswith("-E")), rank, base, variant)
+
+
+def row_of(summary: dict) -> str:
+    """The table row of a run: its method, or its variant (`pcl+mean_teacher=off`); runs made before variants
+    existed are their method's row."""
+    row = summary.get("row")
+    return row if isinstance(row, str) and row.split("+", 1)[0] == summary["method"] else summary["method"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +140,12 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             counts["partial"] += 1
             notes.append(f"unfinished run (no summary.json): {folder}")
             continue
-        ident = {k: summary[k] for k in ("dataset", "backbone", "method", "seed")}
-        remember_display_name(summary["method"], summary.get("display_name"))
+        ident = {**{k: summary[k] for k in ("dataset", "backbone", "seed")}, "method": row_of(summary)}
+        remember_display_name(summary["method"], summary.get("display_name"), ident["method"],
+                              summary.get("variant_label"))
+        usual, headline = summary.get("default_headline"), summary.get("headline_model")
+        if isinstance(usual, str) and isinstance(headline, str) and usual and headline != usual:
+            FALLBACKS[ident["method"]] = (headline, usual)
         params = summary.get("params") or {}
         run_rows.append({**ident, **runtime_columns(summary), "status": summary["status"], "folder": str(folder),
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
@@ -322,6 +344,10 @@ def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
         lines += ["", "†: differs from Vanilla, Welch's t-test p < 0.05 over seeds."]
     if mixed_note(cells):
         lines += ["", mixed_note(cells)]
+    for row in rows:
+        if row in FALLBACKS:
+            lines += ["", f"{display_name(row)} reports {FALLBACKS[row][0]}: its method's usual model, "
+                          f"{FALLBACKS[row][1]}, is switched off."]
     return "\n".join(lines) + "\n"
 
 

@@ -111,7 +111,10 @@ def build_sweep(args: argparse.Namespace, light: bool = False):
         method_names = METHODS.names()
     flags: dict = {}
     if args.methods is not None:
-        flags["methods"] = parse_names(args.methods, "methods")
+        from bench.variants import split_top_level
+
+        flags["methods"] = split_top_level(args.methods) if args.methods.strip() else parse_names(args.methods,
+                                                                                                  "methods")
     if datasets is not None:
         flags["datasets"] = datasets
     if args.backbones is not None:
@@ -153,8 +156,11 @@ def finished_sweep_output(args: argparse.Namespace) -> str | None:
     try:
         sweep, preset = build_sweep(args, light=True)
         out = Path(sweep.out)
-        folders = [runs.run_dir(out, d, b, m, s) for d in sweep.datasets for b in sweep.backbones
-                   for m in sweep.methods for s in sweep.seeds]
+        from bench.variants import expand
+
+        keys = [v.key for v in expand(sweep.methods, sweep.options)]
+        folders = [runs.run_dir(out, d, b, k, s) for d in sweep.datasets for b in sweep.backbones
+                   for k in keys for s in sweep.seeds]
         printed = stamp.done_output(out, stamp.sweep_key(to_dict(sweep), sweep.plugins), folders)
     except Exception:
         return None

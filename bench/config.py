@@ -123,6 +123,8 @@ class RunConfig(TrainConfig):
     options: dict[str, Any] = field(default_factory=dict)
     dataset_source: DatasetSource | None = None  # a dataset named on the command line (None: a registered one)
     loaded_plugins: list[dict[str, str]] = field(default_factory=list)  # {name, source, file, sha256} each
+    variant: dict[str, Any] = field(default_factory=dict)  # the options that make this run a variant of its method
+    # (bench.variants; {} for the method as such): its folder and table row are `method+opt=value`
     runtime: dict[str, Any] = field(default_factory=dict)  # what the run found where it ran (threads, device,
     # packing, deterministic algorithms): recorded, not part of the run's identity (bench.train.runtime_record)
 
@@ -183,7 +185,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UsageError(f"{where}: expected true or false, got {value!r}")
+        if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+            return value.strip().lower() == "on"
+        raise UsageError(f"{where}: expected true or false (or on/off), got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -314,16 +318,24 @@ def parse_override(text: str, method_names: list[str] | None) -> dict:
     settings = {f.name for f in dataclasses.fields(SweepConfig)}
     if (parts[0] in method_names) if method_names is not None else (parts[0] not in settings and len(parts) > 1):
         parts = ["options", *parts]
-    try:
-        value = parse_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    if parts[0] == "options" and len(parts) == 3 and "," in raw and raw.strip()[:1] not in "[{'\"":
+        from bench.variants import split_top_level  # `pcl.temperature=2,3,4`: a value list, one run per value
+
+        return {"options": {parts[1]: {parts[2]: [_scalar(v) for v in split_top_level(raw, f"override '{text}'")]}}}
+    value = _scalar(raw) if raw.strip() else ""
     out: dict = {}
     node = out
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
+
+
+def _scalar(raw: str) -> Any:
+    try:
+        return parse_yaml(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 DATASET_KINDS = ("imagefolder", "tinyimagenet")
@@ -375,10 +387,11 @@ def resolved_schedule(cfg: TrainConfig) -> tuple[list[int], float]:
 
 
 def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
-               options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None) -> RunConfig:
+               options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None,
+               variant: dict[str, Any] | None = None) -> RunConfig:
     """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
     shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
     shared["optim"].milestones, shared["rampup_epochs"] = resolved_schedule(sweep)
     return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
                      options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
-                     loaded_plugins=[dict(r) for r in loaded_plugins or []])
+                     loaded_plugins=[dict(r) for r in loaded_plugins or []], variant=dict(variant or {}))

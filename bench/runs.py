@@ -32,7 +32,7 @@ TENSORBOARD_DIR = "tensorboard"
 CONFIG = "config.yaml"
 CHECKPOINT = "last.pt"
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+_SAFE = re.compile(r"[^A-Za-z0-9_.+=,-]")
 
 
 def safe_part(part: str) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 from bench import runs
 from bench.config import RunConfig, SweepConfig, run_config
 from bench.errors import UsageError
+from bench.variants import Variant, fixed_options, method_names, variant_key
+from bench.variants import expand as expand_variants
 
 
 @dataclass
@@ -22,15 +24,14 @@ class RunSpec:
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.dataset}/{c.backbone}/{c.method}/seed{c.seed}"
+        return f"{c.dataset}/{c.backbone}/{variant_key(c.method, c.variant)}/seed{c.seed}"
 
 
-def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
-    """Check every name and number of the sweep; returns each method's resolved options."""
+def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
+    """Check every name and number of the sweep; returns its method variants, each with its resolved options."""
     import backbones
     from bench.data import DATASETS
     from methods import METHODS
-    from methods.base import options_dict, resolve_options
 
     if not str(sweep.out).strip():
         raise UsageError("out must name a folder, got an empty value")
@@ -40,8 +41,7 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
             raise UsageError(f"no {kind} given")
         if len(set(values)) != len(values):
             raise UsageError(f"{kind} lists a value twice: {', '.join(map(str, values))}")
-    for m in sweep.methods:
-        METHODS.get(m)
+    variants = resolve_variants(sweep)
     for b in sweep.backbones:
         backbones.check_backbone(b)
     for d in sweep.datasets:
@@ -83,9 +83,36 @@ def validate(sweep: SweepConfig) -> dict[str, dict[str, Any]]:
     from bench.loggers import check_logging
 
     check_logging(sweep.logging)
-    for m, overrides in sweep.options.items():  # options of methods outside the grid are checked too (outside_runs)
-        check_finite(resolve_options(m, overrides), m)
-    return {m: options_dict(resolve_options(m, sweep.options.get(m))) for m in sweep.methods}
+    for m in sweep.options:  # options of methods outside the grid are checked too (outside_runs)
+        METHODS.get(m)
+    return variants
+
+
+def resolve_variants(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
+    """The grid's method dimension: each entry of `methods` (a method, or a variant `pcl[mean_teacher=off]`) crossed
+    with its options' value lists; each variant with its resolved options. Two variants that come to the same
+    options are refused (they would be one run twice)."""
+    from methods import METHODS
+    from methods.base import options_dict, resolve_options
+
+    def options_class(method: str) -> type:
+        return METHODS.get(method).Options
+
+    variants, seen = [], {}
+    for variant in expand_variants(sweep.methods, sweep.options, options_class):
+        cls = options_class(variant.method)
+        fixed = fixed_options(variant.method, sweep.options, cls)
+        own = options_dict(resolve_options(variant.method, variant.options))
+        variant.options = {k: own[k] for k in variant.options}  # typed: temperature=4 -> 4.0, off -> False
+        resolved = options_dict(resolve_options(variant.method, {**fixed, **variant.options}))
+        check_finite(resolve_options(variant.method, resolved), variant.key)
+        identity = (variant.method, repr(sorted(resolved.items())))
+        if identity in seen:
+            raise UsageError(f"methods: {variant.key} and {seen[identity]} resolve to the same options; give each "
+                             "variant once")
+        seen[identity] = variant.key
+        variants.append((variant, resolved))
+    return variants
 
 
 MAX_EPOCHS = 100_000
@@ -222,22 +249,22 @@ def check_writable(out: Path) -> None:
     check_output_folder(Path(out), "results folder")
 
 
-def expand(sweep: SweepConfig, options: dict[str, dict[str, Any]]) -> list[RunSpec]:
+def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]]) -> list[RunSpec]:
     """Every run of the grid, in a stable order (dataset, backbone, method, seed)."""
     from bench import plugins
 
     out = Path(sweep.out)
     loaded = plugins.records_for(sweep.plugins)
-    return [RunSpec(run_config(sweep, m, b, d, s, options[m], loaded), runs.run_dir(out, d, b, m, s))
-            for d in sweep.datasets for b in sweep.backbones for m in sweep.methods for s in sweep.seeds]
+    return [RunSpec(run_config(sweep, v.method, b, d, s, options, loaded, v.options), runs.run_dir(out, d, b, v.key, s))
+            for d in sweep.datasets for b in sweep.backbones for v, options in variants for s in sweep.seeds]
 
 
 def prepare(sweep: SweepConfig) -> list[RunSpec]:
     """Validate the sweep's names and numbers, its results folder and its data; return its runs."""
-    options = validate(sweep)
+    variants = validate(sweep)
     check_writable(Path(sweep.out))
     check_data(sweep)
-    return expand(sweep, options)
+    return expand(sweep, variants)
 
 
 def outside_runs(sweep: SweepConfig) -> list[RunSpec]:
@@ -250,7 +277,8 @@ def outside_runs(sweep: SweepConfig) -> list[RunSpec]:
     d, b, s = sweep.datasets[0], sweep.backbones[0], sweep.seeds[0]
     return [RunSpec(run_config(sweep, m, b, d, s, options_dict(resolve_options(m, o)), loaded),
                     runs.run_dir(Path(sweep.out), d, b, m, s))
-            for m, o in sweep.options.items() if m not in sweep.methods]
+            for m, o in sweep.options.items() if m not in method_names(sweep.methods)
+            for o in [{k: v for k, v in o.items() if not isinstance(v, list)}]]
 
 
 def schedule_line(sweep: SweepConfig) -> str:
@@ -283,7 +311,7 @@ def _rampup_weight(epoch: float, rampup: float) -> float:
 
 def warn_outside(sweep: SweepConfig) -> None:
     for m in sweep.options:
-        if m not in sweep.methods:
+        if m not in method_names(sweep.methods):
             print(f"warning: options for {m} are set, but {m} is not in this sweep's methods "
                   f"({', '.join(sweep.methods)}); they are ignored", file=sys.stderr)
 

@@ -42,6 +42,7 @@ from bench.config import RunConfig, to_dict
 from bench.distributed import world
 from bench.errors import UsageError
 from bench.loggers import RunLoggers, metrics_csv
+from bench.variants import variant_key, variant_label
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
@@ -400,7 +401,7 @@ class Trainer:
         total = cfg.epochs * len(self.train_loader)
         return tqdm(total=total, initial=self.start_epoch * len(self.train_loader), leave=False, dynamic_ncols=True,
                     disable=None, mininterval=0.5, unit="step",
-                    desc=f"{cfg.dataset}/{cfg.backbone}/{cfg.method}/seed{cfg.seed}")
+                    desc=f"{cfg.dataset}/{cfg.backbone}/{variant_key(cfg.method, cfg.variant)}/seed{cfg.seed}")
 
     def finish(self, status: str, **extra: Any) -> dict[str, Any]:
         cfg = self.cfg
@@ -426,6 +427,9 @@ class Trainer:
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
             "rejected_checkpoints": self.rejected, "versions": versions(),
             "display_name": type(self.method).display_name or cfg.method, "plugins": cfg.loaded_plugins,
+            "variant": cfg.variant, "row": variant_key(cfg.method, cfg.variant),
+            "variant_label": variant_label(type(self.method).Options, cfg.variant),
+            "default_headline": type(self.method).headline,
             "image_size": self.spec.image_size, "mean": list(self.spec.mean), "std": list(self.spec.std),
             "git_commit": git_commit(),
             **extra,

@@ -10,12 +10,17 @@ augmentation, Sec. 3.1): z_i, h_i = peer_i(trunk(x_i)).
 Loss (Eq. 7):
     CE(z_e, y) + sum_i [ CE(z_i, y) + w(e) KD_T(z_e -> z_i) + w(e)/(m-1) sum_{l != i} KD_T(z~_l -> z_i) ]
 with T = 3 and both teachers detached. Deployed model: the mean teacher of peer 0.
+
+The paper's component study (methods.md, "PCL's ablation") switches one component off at a time:
+`multi_view=off` (every peer sees the same view: the trunk runs once), `ensemble_teacher=off` (no z_e, no CE(z_e)
+and no KD from it; no PCL-E model), `mean_teacher=off` (no temporal mean and no KD from it; the headline falls back to
+peer 0).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -32,10 +37,13 @@ from methods.multibranch import BranchOptions, SharedTrunk, indexed
 @dataclass
 class PCLOptions(BranchOptions):
     num_peers: int = 3
-    temperature: float = 3.0
+    temperature: float = field(default=3.0, metadata={"label": "T"})
     ema_decay: float = 0.999  # the cap of the mean teacher's decay alpha
     batch_views: str = "auto"  # on: the m views through the trunk in one call (BN statistics per view);
     # off: one call per view; auto: on for accelerators (fewer, bigger kernels), off on CPU (no gain there)
+    multi_view: bool = field(default=True, metadata={"label": "multi-view"})  # each peer its own augmented view
+    ensemble_teacher: bool = field(default=True, metadata={"label": "ensemble teacher"})  # z_e and KD from it
+    mean_teacher: bool = field(default=True, metadata={"label": "mean teacher"})  # the temporal mean and KD from it
 
 
 @register_method("pcl")
@@ -50,35 +58,42 @@ class PCL(OnlineKDMethod):
             raise UsageError(f"pcl needs num_peers >= 2, got {opts.num_peers}")
         if opts.batch_views not in ("auto", "on", "off"):
             raise unknown("pcl batch_views", opts.batch_views, ["auto", "on", "off"])
-        self.views = opts.num_peers
+        self.views = opts.num_peers if opts.multi_view else 1
+        self.headline = "mean_teacher0" if opts.mean_teacher else "peer0"
         self.net = SharedTrunk(backbone, opts.num_peers, opts)
-        self.ensemble_head = nn.Linear(opts.num_peers * self.net.feature_dim, num_classes)
-        self.mean_teacher = copy.deepcopy(self.net)
-        for p in self.mean_teacher.parameters():
-            p.requires_grad_(False)
+        if opts.ensemble_teacher:
+            self.ensemble_head = nn.Linear(opts.num_peers * self.net.feature_dim, num_classes)
+        if opts.mean_teacher:
+            self.mean_teacher = copy.deepcopy(self.net)
+            for p in self.mean_teacher.parameters():
+                p.requires_grad_(False)
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
-        m, t, w = self.opts.num_peers, self.opts.temperature, progress.rampup
-        if len(views) != m:
-            raise ValueError(f"pcl expects {m} views per batch, got {len(views)}")
-        peers, mean_teacher = concurrently([partial(self.peer_views, self.net, views),
-                                            partial(self.peer_views, self.mean_teacher, views, False)], inputs=views)
+        m, t, w, opts = self.opts.num_peers, self.opts.temperature, progress.rampup, self.opts
+        if len(views) != self.views:
+            raise ValueError(f"pcl expects {self.views} views per batch, got {len(views)}")
+        calls = [partial(self.peer_views, self.net, views)]
+        if opts.mean_teacher:
+            calls.append(partial(self.peer_views, self.mean_teacher, views, False))
+        peers, *mean_teacher = concurrently(calls, inputs=views)
         logits = [z for z, _ in peers]
-        mean_logits = [z for z, _ in mean_teacher]
-        ensemble = self.ensemble_head(torch.cat([h for _, h in peers], dim=1))
-        teacher = ensemble.detach()
-        return {
-            "ce_ensemble": F.cross_entropy(ensemble, target),
-            "ce": sum(F.cross_entropy(z, target) for z in logits),
-            "kd_ensemble": w * sum(kd_loss(z, teacher, t) for z in logits),
-            "kd_mean_teacher": (w / (m - 1)) * sum(
-                kd_loss(z_i, z_t, t) for i, z_i in enumerate(logits) for j, z_t in enumerate(mean_logits) if j != i),
-        }
+        terms = {"ce": sum(F.cross_entropy(z, target) for z in logits)}
+        if opts.ensemble_teacher:
+            ensemble = self.ensemble_head(torch.cat([h for _, h in peers], dim=1))
+            teacher = ensemble.detach()
+            terms["ce_ensemble"] = F.cross_entropy(ensemble, target)
+            terms["kd_ensemble"] = w * sum(kd_loss(z, teacher, t) for z in logits)
+        if opts.mean_teacher:
+            mean_logits = [z for z, _ in mean_teacher[0]]
+            terms["kd_mean_teacher"] = (w / (m - 1)) * sum(
+                kd_loss(z_i, z_t, t) for i, z_i in enumerate(logits) for j, z_t in enumerate(mean_logits) if j != i)
+        return terms
 
     def peer_views(self, net: SharedTrunk, views: list[Tensor], grad: bool = True) -> list[tuple[Tensor, Tensor]]:
-        """peer_i(trunk(x_i)) of `net` (the peers or their mean teacher): [(logits, pooled feature)] per view."""
+        """peer_i(trunk(x_i)) of `net` (the peers or their mean teacher): [(logits, pooled feature)] per peer (with
+        multi_view off, every peer on trunk(x) of the one view)."""
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            shared = self.trunk_views(net, views)
+            shared = self.trunk_views(net, views) if self.opts.multi_view else [net.trunk(views[0])] * len(net.branches)
             return concurrently([partial(branch, x) for branch, x in zip(net.branches, shared)], inputs=shared)
 
     def trunk_views(self, net: SharedTrunk, views: list[Tensor]) -> list[Tensor]:
@@ -92,6 +107,8 @@ class PCL(OnlineKDMethod):
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
+        if not self.opts.mean_teacher:
+            return
         alpha = min(1.0 - 1.0 / (step + 1), self.opts.ema_decay)
         teacher = list(self.mean_teacher.parameters())
         student = list(self.net.parameters())
@@ -101,19 +118,26 @@ class PCL(OnlineKDMethod):
         shared = self.net.trunk(x)
         peers = self.net.run_branches(shared)
         out = {f"peer{i}": z for i, (z, _) in enumerate(peers)}
-        out["ensemble"] = self.ensemble_head(torch.cat([h for _, h in peers], dim=1))
-        teacher_shared = self.mean_teacher.trunk(x)
-        for i, (z, _) in enumerate(self.mean_teacher.run_branches(teacher_shared)):
-            out[f"mean_teacher{i}"] = z
+        if self.opts.ensemble_teacher:
+            out["ensemble"] = self.ensemble_head(torch.cat([h for _, h in peers], dim=1))
+        if self.opts.mean_teacher:
+            teacher_shared = self.mean_teacher.trunk(x)
+            for i, (z, _) in enumerate(self.mean_teacher.run_branches(teacher_shared)):
+                out[f"mean_teacher{i}"] = z
         return out
 
     def eval_names(self) -> list[str]:
-        m = self.opts.num_peers
-        return [f"mean_teacher{i}" for i in range(m)] + [f"peer{i}" for i in range(m)] + ["ensemble"]
+        m, opts = self.opts.num_peers, self.opts
+        return ([f"mean_teacher{i}" for i in range(m)] if opts.mean_teacher else []) + \
+            [f"peer{i}" for i in range(m)] + (["ensemble"] if opts.ensemble_teacher else [])
+
+    def members(self) -> list[str]:
+        return [f"peer{i}" for i in range(self.opts.num_peers)]
 
     def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
         m = self.opts.num_peers
-        for prefix, net in (("mean_teacher", self.mean_teacher), ("peer", self.net)):
+        nets = (("mean_teacher", self.mean_teacher),) if self.opts.mean_teacher else ()
+        for prefix, net in (*nets, ("peer", self.net)):
             i = indexed(name, prefix, m)
             if i is not None:
                 return net.network_state_dict(i)

@@ -39,7 +39,7 @@ def check_logging(logging) -> None:
                              f"pip install '{name}' (or okd-bench's extra: pip install -e '.[{EXTRA[name]}]')")
 
 
-GROUPS = ("loss", "top1_error", "top5_error")  # the per-term and per-model mappings of a metrics.jsonl record
+GROUPS = ("loss", "top1_error", "top5_error", "ece", "nll", "diversity")  # the mappings of a metrics.jsonl record
 
 
 def flat_groups(record: dict[str, Any], sep: str) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def flat_groups(record: dict[str, Any], sep: str) -> dict[str, Any]:
 def flat_scalars(record: dict[str, Any]) -> dict[str, float]:
     """One epoch of metrics.jsonl as tracker scalars: loss/<term>, top1_error/<model>, top5_error/<model>,
     lr, images_per_s, epoch_s."""
-    out = {key: float(value) for key, value in flat_groups(record, "/").items()}
+    out = {key: float(value) for key, value in flat_groups(record, "/").items() if value is not None}
     for key in ("lr", "images_per_s", "epoch_s"):
         if record.get(key) is not None:
             out[key] = float(record[key])

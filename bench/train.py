@@ -42,10 +42,19 @@ from bench.config import RunConfig, to_dict
 from bench.distributed import world
 from bench.errors import UsageError
 from bench.loggers import RunLoggers, metrics_csv
+from bench.metrics import Calibration, Diversity, ensemble_gain
 from bench.variants import variant_key, variant_label
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
+EVAL_KEYS = ("top1_error", "top5_error", "ece", "nll")  # per eval model, every epoch (metrics.jsonl, summary)
+
+
+def finite(values: dict[str, float | None]) -> dict[str, float | None]:
+    """JSON-safe: a NaN or infinite measurement is recorded as missing (None)."""
+    import math
+
+    return {k: (v if v is None or math.isfinite(v) else None) for k, v in values.items()}
 
 
 class Diverged(Exception):
@@ -304,11 +313,15 @@ class Trainer:
         return {name: float(v) / steps for name, v in sums.items()}
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, dict[str, float]]:
+    def evaluate(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """({eval model: top1_error, top5_error, ece, nll}, diversity of the method's members) on the test split."""
         self.method.eval()
         k = min(5, self.spec.num_classes)
         correct1: dict[str, torch.Tensor] = {}
         correct5: dict[str, torch.Tensor] = {}
+        calibration: dict[str, Calibration] = {}
+        members = [m for m in self.method.members() if m in self.method.eval_names()]
+        diversity = Diversity(members, self.device) if len(members) > 1 else None
         n = 0
         for x, y in self.eval_loader:
             with self.autocast():
@@ -318,17 +331,29 @@ class Trainer:
                 hit = top == y[:, None]
                 correct1[name] = correct1.get(name, 0) + hit[:, 0].sum()
                 correct5[name] = correct5.get(name, 0) + hit.any(1).sum()
+                calibration.setdefault(name, Calibration(self.device)).add(z, y)
+            if diversity is not None:
+                diversity.add(logits)
             n += len(y)
+        names = sorted(correct1)
+        sums = {name: calibration[name].sums for name in names}
+        div_sums = diversity.sums if diversity is not None else None
         if self.world > 1:
-            names = sorted(correct1)
             counts = torch.tensor([n] + [int(correct1[k]) for k in names] + [int(correct5[k]) for k in names],
                                   dtype=torch.long, device=self.device)
             torch.distributed.all_reduce(counts)
             n = int(counts[0])
             correct1 = dict(zip(names, counts[1:1 + len(names)].tolist()))
             correct5 = dict(zip(names, counts[1 + len(names):].tolist()))
-        return {name: {"top1_error": 100.0 * (n - int(correct1[name])) / n,
-                       "top5_error": 100.0 * (n - int(correct5[name])) / n} for name in correct1}
+            for tensor in [*sums.values(), *([div_sums] if div_sums is not None else [])]:
+                torch.distributed.all_reduce(tensor)
+        errors = {name: {"top1_error": 100.0 * (n - int(correct1[name])) / n,
+                         "top5_error": 100.0 * (n - int(correct5[name])) / n,
+                         **finite(calibration[name].result(sums[name]))} for name in names}
+        spread = finite(diversity.result(div_sums)) if diversity is not None else {}
+        if diversity is not None:
+            spread["ensemble_gain"] = ensemble_gain({m: e["top1_error"] for m, e in errors.items()}, members)
+        return errors, spread
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -358,10 +383,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 losses = self.train_epoch(epoch, bar)
                 train_s = time.perf_counter() - t0
-                errors = self.evaluate()
+                errors, spread = self.evaluate()
                 record = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch), "step": self.step, "loss": losses,
-                          "top1_error": {k: v["top1_error"] for k, v in errors.items()},
-                          "top5_error": {k: v["top5_error"] for k, v in errors.items()},
+                          **{key: {k: v.get(key) for k, v in errors.items()} for key in EVAL_KEYS},
+                          **({"diversity": spread} if spread else {}),
                           "epoch_s": time.perf_counter() - t0,
                           "images_per_s": self.world * self.train_loader.num_samples / max(train_s, 1e-9)}
                 self.history.append(record)
@@ -406,8 +431,9 @@ class Trainer:
     def finish(self, status: str, **extra: Any) -> dict[str, Any]:
         cfg = self.cfg
         last = self.history[-1] if self.history else {}
-        final = {name: {"top1_error": last["top1_error"][name], "top5_error": last["top5_error"][name]}
+        final = {name: {key: last[key][name] for key in EVAL_KEYS if name in (last.get(key) or {})}
                  for name in last.get("top1_error", {})}
+        best_epoch = (self.best.get(self.method.headline) or {}).get("epoch")
         summary = {
             "method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset, "seed": cfg.seed,
             "status": status, "headline_model": self.method.headline, "eval_models": self.method.eval_names(),
@@ -425,7 +451,10 @@ class Trainer:
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
-            "rejected_checkpoints": self.rejected, "versions": versions(),
+            "rejected_checkpoints": self.rejected,
+            "diversity": {"final": last.get("diversity"),
+                          "best": (self.history[best_epoch - 1].get("diversity") if best_epoch else None)},
+            "versions": versions(),
             "display_name": type(self.method).display_name or cfg.method, "plugins": cfg.loaded_plugins,
             "variant": cfg.variant, "row": variant_key(cfg.method, cfg.variant),
             "variant_label": variant_label(type(self.method).Options, cfg.variant),

@@ -75,6 +75,11 @@ class OnlineKDMethod(nn.Module):
         """Names of the eval models, the keys of `eval_logits`."""
         raise NotImplementedError
 
+    def members(self) -> list[str]:
+        """The eval models that are the method's members (peers, branches, networks), whose diversity the trainer
+        measures every epoch (pairwise top-1 disagreement and KL on the test split); [] for a single network."""
+        return []
+
     def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
         """The eval model `name` as the state dict of the plain backbone it was cut from (the backbone's own
         keys, so `timm.create_model(backbone).load_state_dict` takes it), or None when `name` is not one

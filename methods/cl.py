@@ -133,6 +133,9 @@ class CL(OnlineKDMethod):
         logits["ensemble"] = torch.stack(list(logits.values())).mean(0)
         return logits
 
+    def members(self) -> list[str]:
+        return [f"head{i}" for i in range(self.opts.num_heads)]
+
     def eval_names(self) -> list[str]:
         return [f"head{i}" for i in range(self.opts.num_heads)] + ["ensemble"]
 

@@ -85,6 +85,9 @@ class FFLS(OnlineKDMethod):
         logits, fused = self.forward_all(x)
         return {**{f"branch{i}": z for i, z in enumerate(logits)}, "ensemble": fused}
 
+    def members(self) -> list[str]:
+        return [f"branch{i}" for i in range(self.opts.num_branches)]
+
     def eval_names(self) -> list[str]:
         return [f"branch{i}" for i in range(self.opts.num_branches)] + ["ensemble"]
 

@@ -34,6 +34,9 @@ class IndependentNetworks(OnlineKDMethod):
         logits["ensemble"] = torch.stack(list(logits.values())).mean(0)
         return logits
 
+    def members(self) -> list[str]:
+        return [f"net{i}" for i in range(len(self.nets))]
+
     def eval_names(self) -> list[str]:
         return [f"net{i}" for i in range(len(self.nets))] + ["ensemble"]
 

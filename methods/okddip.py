@@ -75,6 +75,9 @@ class OKDDip(OnlineKDMethod):
         out = {f"peer{a}": logits[:, a] for a in range(logits.shape[1])}
         return {"leader": leader, **out, "ensemble": logits.mean(1)}
 
+    def members(self) -> list[str]:
+        return [f"peer{a}" for a in range(self.opts.num_peers)]
+
     def eval_names(self) -> list[str]:
         return ["leader"] + [f"peer{a}" for a in range(self.opts.num_peers)] + ["ensemble"]
 

@@ -61,6 +61,9 @@ class ONE(OnlineKDMethod):
         logits, teacher = self.forward_all(x)
         return {**{f"branch{i}": z for i, z in enumerate(logits)}, "ensemble": teacher}
 
+    def members(self) -> list[str]:
+        return [f"branch{i}" for i in range(self.opts.num_branches)]
+
     def eval_names(self) -> list[str]:
         return [f"branch{i}" for i in range(self.opts.num_branches)] + ["ensemble"]
 

@@ -160,11 +160,15 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             continue
         headline = summary.get("headline_model")
         runtime = runtime_columns(summary)
+        spread = summary.get("diversity") if isinstance(summary.get("diversity"), dict) else {}
         for model, final in summary["final"].items():
             best = summary.get("best", {}).get(model, {})
-            models.append({**ident, **runtime, "eval_model": model, "is_headline": model == headline,
-                           "final_top1": final.get("top1_error"), "final_top5": final.get("top5_error"),
-                           "best_top1": best.get("top1_error"), "best_top5": best.get("top5_error")})
+            row = {**ident, **runtime, "eval_model": model, "is_headline": model == headline}
+            for epoch, values in (("final", final), ("best", best)):
+                row.update({f"{epoch}_top1": values.get("top1_error"), f"{epoch}_top5": values.get("top5_error"),
+                            f"{epoch}_ece": values.get("ece"), f"{epoch}_nll": values.get("nll"),
+                            f"{epoch}_disagreement": (spread.get(epoch) or {}).get("disagreement")})
+            models.append(row)
         try:
             curves.extend(_curves(load_metrics(folder), ident))
         except Malformed as err:
@@ -181,23 +185,40 @@ def load_runs(roots: Iterable[Path]) -> Collection:
 # the results table
 
 
+QUANTITIES = ("top1", "top5", "ece", "nll", "disagreement")  # what `bench table --metric` shows
+TITLES = {"ece": "Expected calibration error (%, 15 bins)", "nll": "NLL (nats per image)",
+          "disagreement": "Mean pairwise top-1 disagreement of the members (%)"}
+
+
 @dataclass
 class TableSpec:
     metric: str = "final"  # final or best epoch
-    measure: str = "error"  # error or accuracy
+    measure: str = "error"  # error or accuracy (top-k only)
     top: int = 1  # 1 or 5
     model: str = "headline"  # headline, ensemble, or an eval model name (peer0, ...)
     reference: bool = True
     significance: bool = False
+    quantity: str = "error"  # error (top-`top`), ece, nll or disagreement
 
     @property
     def column(self) -> str:
-        return f"{self.metric}_top{self.top}"
+        return f"{self.metric}_top{self.top}" if self.quantity == "error" else f"{self.metric}_{self.quantity}"
+
+    @property
+    def lower_is_better(self) -> bool | None:
+        """Which way is best (None: neither, for disagreement, so no cell is bold)."""
+        if self.quantity == "disagreement":
+            return None
+        return self.quantity != "error" or self.measure == "error"
 
     def title(self) -> str:
-        what = "error" if self.measure == "error" else "accuracy"
         epoch = "final epoch" if self.metric == "final" else "best epoch"
-        return f"Top-{self.top} {what} (%), {epoch}, mean ± std over seeds ({self.model} model)"
+        if self.quantity == "error":
+            what = f"Top-{self.top} {'error' if self.measure == 'error' else 'accuracy'} (%)"
+        else:
+            what = TITLES[self.quantity]
+        model = "members of each method" if self.quantity == "disagreement" else f"{self.model} model"
+        return f"{what}, {epoch}, mean ± std over seeds ({model})"
 
 
 def select_models(models: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
@@ -210,8 +231,12 @@ def select_models(models: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
         chosen = pd.concat([chosen, ens.assign(row=ens.method + "-E")])
     else:
         chosen = models[models.eval_model == spec.model].assign(row=lambda d: d.method)
-    value = chosen[spec.column].astype(float)
-    return chosen.assign(value=value if spec.measure == "error" else 100.0 - value)
+    if spec.quantity == "disagreement":  # one value per run, not per eval model: its headline row
+        chosen = chosen[~chosen.row.str.endswith("-E")]
+    value = pd.to_numeric(chosen[spec.column], errors="coerce") if spec.column in chosen else \
+        pd.Series(float("nan"), index=chosen.index)
+    chosen = chosen.assign(value=value if spec.measure == "error" or spec.quantity != "error" else 100.0 - value)
+    return chosen[chosen.value.notna()]  # a run made before a measurement existed: missing, never zero
 
 
 def load_reference() -> pd.DataFrame:
@@ -221,7 +246,7 @@ def load_reference() -> pd.DataFrame:
 
 
 def _paper_value(ref: pd.DataFrame, dataset: str, backbone: str, row: str, spec: TableSpec) -> float | None:
-    if spec.top != 1 or row.endswith("-E") or spec.metric != "final":
+    if spec.quantity != "error" or spec.top != 1 or row.endswith("-E") or spec.metric != "final":
         return None
     name = backbone.removeprefix("cifar_")
     hit = ref[(ref.dataset == dataset) & (ref.backbone == name) & (ref.method == row)]
@@ -283,7 +308,9 @@ def build_table(collection: Collection, spec: TableSpec) -> tuple[list[str], lis
         present = [cells[(r, col)] for r in rows if (r, col) in cells and not r.endswith("-E")]
         if not present:
             continue
-        target = min if spec.measure == "error" else max
+        if spec.lower_is_better is None:
+            continue
+        target = min if spec.lower_is_better else max
         best = target(c.mean for c in present)
         for c in present:
             c.best = math.isclose(c.mean, best)
@@ -409,7 +436,8 @@ def to_csv(rows, columns, cells, spec: TableSpec) -> str:
             cell = cells.get((row, col))
             if cell is None:
                 continue
-            writer.writerow([col[0], col[1], row, f"{spec.column}_{spec.measure}", f"{cell.mean:.4f}",
+            writer.writerow([col[0], col[1], row, f"{spec.column}_{spec.measure}" if spec.quantity == "error" else
+                             spec.column, f"{cell.mean:.4f}",
                              f"{cell.std:.4f}", cell.n, "" if cell.paper is None else f"{cell.paper:.2f}",
                              "" if cell.diff is None else f"{cell.diff:.4f}",
                              "" if cell.p_value is None else f"{cell.p_value:.4g}", int(cell.best),

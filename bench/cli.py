@@ -242,7 +242,9 @@ def add_results_arg(p: argparse.ArgumentParser) -> None:
 
 def add_table_flags(p: argparse.ArgumentParser) -> None:
     add_results_arg(p)
-    p.add_argument("--metric", choices=["final", "best"], default="final", help="final or best epoch")
+    p.add_argument("--metric", default="top1", help="top1 (default), top5, ece, nll or disagreement (of the members); "
+                                                    "final/best still name the epoch, as --epoch does")
+    p.add_argument("--epoch", choices=["final", "best"], default=None, help="final (default) or best epoch")
     p.add_argument("--measure", choices=["error", "accuracy"], default="error")
     p.add_argument("--top", type=int, choices=[1, 5], default=1)
     p.add_argument("--model", default="headline", help="headline (plus -E ensemble rows), ensemble, peer0, ...")
@@ -266,9 +268,27 @@ def _collect(args: argparse.Namespace):
     known = list(dict.fromkeys(["headline", "ensemble", *sorted(set(collection.models.get("eval_model", [])))]))
     if args.model not in known and not collection.models.empty:
         raise unknown("--model", args.model, known)
-    spec = TableSpec(metric=args.metric, measure=args.measure, top=args.top, model=args.model,
+    spec = TableSpec(metric=args.epoch or "final", measure=args.measure, top=args.top, model=args.model,
                      reference=not args.no_reference, significance=args.significance)
+    apply_metric(spec, args.metric, args.epoch)
     return roots, collection, spec
+
+
+def apply_metric(spec, metric: str, epoch: str | None) -> None:
+    """`--metric`: top1, top5, ece, nll or disagreement; `final`/`best` (its meaning before --epoch) name the epoch."""
+    from bench.aggregate import QUANTITIES
+
+    if metric in ("final", "best"):
+        if epoch is not None and epoch != metric:
+            raise UsageError(f"--metric {metric} and --epoch {epoch} name two epochs; give --epoch only")
+        spec.metric = metric
+        return
+    if metric not in QUANTITIES:
+        raise unknown("--metric", metric, QUANTITIES)
+    if metric in ("top1", "top5"):
+        spec.top = int(metric[-1])
+    else:
+        spec.quantity = metric
 
 
 def cmd_table(args: argparse.Namespace) -> int:

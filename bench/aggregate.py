@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import warnings
 from collections.abc import Iterable
@@ -100,8 +101,16 @@ def _curves(history: list[dict], ident: dict) -> list[dict]:
     for rec in history:
         for model, err in (rec.get("top1_error") or {}).items():
             rows.append({**ident, "epoch": rec.get("epoch"), "eval_model": model, "top1_error": err,
-                         "top5_error": (rec.get("top5_error") or {}).get(model)})
+                         "top5_error": (rec.get("top5_error") or {}).get(model),
+                         "ece": (rec.get("ece") or {}).get(model)})
+        spread = rec.get("diversity")
+        if isinstance(spread, dict) and spread.get("disagreement") is not None:  # the members, not one model
+            rows.append({**ident, "epoch": rec.get("epoch"), "eval_model": MEMBERS,
+                         "disagreement": spread.get("disagreement"), "kl": spread.get("kl")})
     return rows
+
+
+MEMBERS = "(members)"  # the eval_model of a curve row that holds the diversity of a run's members
 
 
 def stray_entries(roots: Iterable[Path], folders: list[Path]) -> list[Path]:
@@ -163,7 +172,10 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         spread = summary.get("diversity") if isinstance(summary.get("diversity"), dict) else {}
         for model, final in summary["final"].items():
             best = summary.get("best", {}).get(model, {})
-            row = {**ident, **runtime, "eval_model": model, "is_headline": model == headline}
+            row = {**ident, **runtime, "eval_model": model, "is_headline": model == headline,
+                   "base_method": summary["method"],
+                   "variant": json.dumps(summary.get("variant") or {}, sort_keys=True),
+                   "options": json.dumps(summary.get("options") or {}, sort_keys=True, default=str)}
             for epoch, values in (("final", final), ("best", best)):
                 row.update({f"{epoch}_top1": values.get("top1_error"), f"{epoch}_top5": values.get("top5_error"),
                             f"{epoch}_ece": values.get("ece"), f"{epoch}_nll": values.get("nll"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 
@@ -12,12 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.aggregate import PAPER_ORDER, Collection, display_name, row_order  # noqa: E402
+from bench.aggregate import MEMBERS, PAPER_ORDER, Collection, display_name, row_order  # noqa: E402
 
 
 def method_colour(method: str) -> tuple:
-    """A fixed colour per method (paper order into tab10), the same in every figure."""
+    """A fixed colour per method (paper order into tab10), the same in every figure; a variant of a method
+    (`pcl+mean_teacher=off`) its own, from tab20b by its name."""
     base = method[:-2] if method.endswith("-E") else method
+    if "+" in base:
+        return plt.get_cmap("tab20b")(zlib.crc32(base.encode()) % 20)
     index = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER) + zlib.crc32(base.encode()) % 2
     return plt.get_cmap("tab10")(index % 10)
 
@@ -42,24 +46,69 @@ def _headline_curves(collection: Collection) -> pd.DataFrame:
     return collection.curves.merge(heads.drop_duplicates(), on=["dataset", "backbone", "method", "eval_model"])
 
 
-def plot_curves(collection: Collection, folder: Path) -> list[Path]:
-    """Test error vs epoch of each method's headline model, mean +- std band over seeds; one figure per
-    dataset x backbone."""
-    if collection.curves.empty or collection.models.empty:
+CURVES = {"top1_error": ("curves", "top-1 test error (%)"), "ece": ("ece", "expected calibration error (%)"),
+          "disagreement": ("diversity", "pairwise top-1 disagreement of the members (%)")}
+
+
+def plot_curves(collection: Collection, folder: Path, column: str = "top1_error") -> list[Path]:
+    """`column` vs epoch of each method's headline model (the disagreement: of its members), mean +- std band over
+    seeds; one figure per dataset x backbone."""
+    if collection.curves.empty or collection.models.empty or column not in collection.curves:
         return []
-    curves = _headline_curves(collection)
+    curves = collection.curves[collection.curves.eval_model == MEMBERS] if column == "disagreement" else \
+        _headline_curves(collection)
+    curves = curves[curves[column].notna()]
+    stem, label = CURVES[column]
     paths = []
     for (dataset, backbone), group in curves.groupby(["dataset", "backbone"]):
         fig, ax = plt.subplots(figsize=(6, 4))
         for method in sorted(group.method.unique(), key=row_order):
-            stats = group[group.method == method].groupby("epoch").top1_error.agg(["mean", "std"]).fillna(0.0)
+            stats = group[group.method == method].groupby("epoch")[column].agg(["mean", "std"]).fillna(0.0)
             ax.plot(stats.index, stats["mean"], color=method_colour(method), label=display_name(method))
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                             color=method_colour(method), alpha=0.2, linewidth=0)
-        ax.set(xlabel="epoch", ylabel="top-1 test error (%)", title=f"{dataset} / {backbone}")
+        ax.set(xlabel="epoch", ylabel=label, title=f"{dataset} / {backbone}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths += _save(fig, folder, f"curves_{dataset}_{backbone}")
+        paths += _save(fig, folder, f"{stem}_{dataset}_{backbone}")
+    return paths
+
+
+def swept_option(rows: pd.DataFrame) -> str | None:
+    """The one option in which the variants of a method differ (numeric values, at least two), or None."""
+    keys = set()
+    for variant in rows.variant.unique():
+        keys |= set(json.loads(variant))
+    if len(keys) != 1:
+        return None
+    key = keys.pop()
+    values = {json.loads(o).get(key) for o in rows.options.unique()}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return key if numeric and len(values) > 1 else None
+
+
+def plot_sensitivity(collection: Collection, folder: Path) -> list[Path]:
+    """Where a sweep varies one option of a method (`pcl.temperature=2,3,4`): the final top-1 error of its headline
+    model against the option's value, mean +- std over seeds, one line per backbone; one figure per dataset x
+    method x option."""
+    models = collection.models
+    if models.empty or "variant" not in models:
+        return []
+    heads = models[models.is_headline]
+    paths = []
+    for (dataset, method), rows in heads.groupby(["dataset", "base_method"]):
+        key = swept_option(rows)
+        if key is None:
+            continue
+        rows = rows.assign(x=[float(json.loads(o)[key]) for o in rows.options])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for backbone, group in rows.groupby("backbone"):
+            stats = group.groupby("x").final_top1.agg(["mean", "std"]).fillna(0.0)
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=backbone)
+        ax.set(xlabel=f"{method}.{key}", ylabel="final top-1 error (%)", title=f"{dataset}: {display_name(method)}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths += _save(fig, folder, f"sensitivity_{dataset}_{method}_{key}")
     return paths
 
 
@@ -134,5 +183,6 @@ def plot_headline_vs_ensemble(collection: Collection, folder: Path) -> list[Path
 
 def write_plots(collection: Collection, folder: Path) -> list[Path]:
     folder = Path(folder)
-    return plot_curves(collection, folder) + plot_final_bars(collection, folder) + plot_headline_vs_ensemble(
-        collection, folder)
+    return [*plot_curves(collection, folder), *plot_final_bars(collection, folder),
+            *plot_headline_vs_ensemble(collection, folder), *plot_curves(collection, folder, "ece"),
+            *plot_curves(collection, folder, "disagreement"), *plot_sensitivity(collection, folder)]

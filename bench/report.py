@@ -97,7 +97,8 @@ def _provenance(collection) -> dict[str, Any]:
             from bench.config import to_dict
 
             settings = {k: v for k, v in to_dict(config).items()
-                        if k not in ("method", "backbone", "dataset", "seed", "options", "loaded_plugins")}
+                        if k not in ("method", "backbone", "dataset", "seed", "options", "loaded_plugins", "variant",
+                                     "runtime")}
             shared = settings if shared is None else {k: v for k, v in shared.items() if settings.get(k) == v}
         versions.update(summary.get("versions") or {})
         commits.add(str(summary.get("git_commit") or "-"))
@@ -122,6 +123,9 @@ def build_report(roots: list[Path]) -> str:
                          "('bench status' shows where the runs stand)")
     results = render(collection, TableSpec(significance=True), "md")
     best = render(collection, TableSpec(metric="best", significance=True), "md")
+    beyond = [render(collection, TableSpec(quantity=q, significance=True), "md")
+              for q in ("ece", "nll", "disagreement")]
+    beyond_html = "\n".join(markdown_table_html(t) for t in beyond if not t.startswith("(no finished runs)"))
     costs = cost_markdown(cost_table(collection))
     with tempfile.TemporaryDirectory() as tmp:
         images = "\n".join(_image(p) for p in sorted(write_plots(collection, Path(tmp))) if p.suffix == ".png")
@@ -147,6 +151,8 @@ def build_report(roots: list[Path]) -> str:
 <h2 id="results">Results</h2>
 {markdown_table_html(results)}
 {markdown_table_html(best)}
+<h2 id="beyond">Calibration and diversity</h2>
+{beyond_html or "<p class='note'>No run of these folders measured calibration or diversity yet.</p>"}
 <h2 id="costs">Cost</h2>
 {markdown_table_html(costs)}
 <h2 id="plots">Curves and bars</h2>

@@ -293,7 +293,7 @@ def apply_metric(spec, metric: str, epoch: str | None) -> None:
 
 def cmd_table(args: argparse.Namespace) -> int:
     from bench import runs
-    from bench.aggregate import cost_markdown, cost_table, render, write_tables
+    from bench.aggregate import cost_markdown, cost_table, render, select_models, write_tables
     from bench.files import check_output_folder
 
     if args.csv and args.csv != "-":
@@ -303,6 +303,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     roots, collection, spec = _collect(args)
     if collection.models.empty:
         raise NoResults(f"no finished runs under {', '.join(map(str, roots))} ('bench status' shows where runs stand)")
+    if not args.csv and select_models(collection.models, spec).empty:
+        raise NoResults(f"no finished run under {', '.join(map(str, roots))} has {args.metric} for the {spec.model} "
+                        "model (runs made before okd-bench measured it show it as missing)")
     if args.csv:
         text = collection.models.to_csv(index=False)
         if args.csv == "-":

@@ -74,41 +74,46 @@ def plot_curves(collection: Collection, folder: Path, column: str = "top1_error"
     return paths
 
 
-def swept_option(rows: pd.DataFrame) -> str | None:
-    """The one option in which the variants of a method differ (numeric values, at least two), or None."""
-    keys = set()
-    for variant in rows.variant.unique():
-        keys |= set(json.loads(variant))
-    if len(keys) != 1:
-        return None
-    key = keys.pop()
-    values = {json.loads(o).get(key) for o in rows.options.unique()}
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    return key if numeric and len(values) > 1 else None
+def sensitivity_lines(rows: pd.DataFrame) -> dict[str, dict[tuple[str, str], pd.DataFrame]]:
+    """{option: {(backbone, the rest of the variant): its rows with `x`, the option's value}} for every numeric
+    option of a method's variants that takes at least two values with everything else equal."""
+    variants = [json.loads(v) for v in rows.variant]
+    out: dict[str, dict] = {}
+    for key in sorted({k for v in variants for k in v}):
+        xs = [v.get(key) for v in variants]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs if x is not None):
+            continue
+        rest = [json.dumps({k: x for k, x in v.items() if k != key}, sort_keys=True) for v in variants]
+        chosen = rows.assign(x=[float(x) if x is not None else float("nan") for x in xs], rest=rest)
+        chosen = chosen[chosen.x.notna()]
+        lines = {(b, r): g for (b, r), g in chosen.groupby(["backbone", "rest"]) if g.x.nunique() > 1}
+        if lines:
+            out[key] = lines
+    return out
 
 
 def plot_sensitivity(collection: Collection, folder: Path) -> list[Path]:
     """Where a sweep varies one option of a method (`pcl.temperature=2,3,4`): the final top-1 error of its headline
-    model against the option's value, mean +- std over seeds, one line per backbone; one figure per dataset x
-    method x option."""
+    model against the option's value, mean +- std over seeds, one line per backbone (and per other variant option);
+    one figure per dataset x method x option."""
     models = collection.models
     if models.empty or "variant" not in models:
         return []
     heads = models[models.is_headline]
     paths = []
     for (dataset, method), rows in heads.groupby(["dataset", "base_method"]):
-        key = swept_option(rows)
-        if key is None:
-            continue
-        rows = rows.assign(x=[float(json.loads(o)[key]) for o in rows.options])
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for backbone, group in rows.groupby("backbone"):
-            stats = group.groupby("x").final_top1.agg(["mean", "std"]).fillna(0.0)
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=backbone)
-        ax.set(xlabel=f"{method}.{key}", ylabel="final top-1 error (%)", title=f"{dataset}: {display_name(method)}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        paths += _save(fig, folder, f"sensitivity_{dataset}_{method}_{key}")
+        for key, lines in sensitivity_lines(rows).items():
+            fig, ax = plt.subplots(figsize=(5, 4))
+            for (backbone, rest), group in lines.items():
+                stats = group.groupby("x").final_top1.agg(["mean", "std"]).fillna(0.0)
+                others = ", ".join(f"{k}={v}" for k, v in json.loads(rest).items())
+                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3,
+                            label=backbone + (f" ({others})" if others else ""))
+            ax.set(xlabel=f"{method}.{key}", ylabel="final top-1 error (%)",
+                   title=f"{dataset}: {display_name(method)}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            paths += _save(fig, folder, f"sensitivity_{dataset}_{method}_{key}")
     return paths
 
 

@@ -61,6 +61,59 @@ def backbone_factory(name: str, num_classes: int, img_size: int | None = None,
     return functools.partial(create_backbone, name, num_classes, img_size, **kwargs)
 
 
+class NetworkFactory:
+    """The networks of one run, for methods that train networks of different sizes (`--backbones
+    STUDENT+PARTNER`): calling it builds the student (network 0: what every method trains when it takes no partner,
+    and what is deployed); `network(i)` builds network i, the student for 0 and partner i - 1 after it (partners
+    take their own defaults, not the student's `backbone_options`)."""
+
+    def __init__(self, student: Callable[[], nn.Module], partners: list[Callable[[], nn.Module]] = (),
+                 names: list[str] | None = None) -> None:
+        self.factories = [student, *partners]
+        self.names = names or []  # the backbones' names, student first
+
+    def __call__(self) -> nn.Module:
+        return self.factories[0]()
+
+    def network(self, i: int) -> Callable[[], nn.Module]:
+        return self.factories[i] if i < len(self.factories) else self.factories[0]
+
+    @property
+    def partners(self) -> int:
+        return len(self.factories) - 1
+
+
+def network_factory(student: str, partners: list[str], num_classes: int, img_size: int | None = None,
+                    **kwargs: Any) -> NetworkFactory:
+    """The NetworkFactory of a run: `student` with the config's backbone options, each partner plain."""
+    return NetworkFactory(backbone_factory(student, num_classes, img_size, **kwargs),
+                          [backbone_factory(p, num_classes, img_size) for p in partners], [student, *partners])
+
+
+def split_entry(entry: str) -> tuple[str, list[str]]:
+    """'cifar_resnet32+cifar_resnet110' -> ('cifar_resnet32', ['cifar_resnet110']); each name checked (close
+    match), an empty side refused."""
+    parts = [p.strip() for p in str(entry).split("+")]
+    if any(not p for p in parts):
+        raise UsageError(f"backbone entry '{entry}' has an empty side: give STUDENT or STUDENT+PARTNER (e.g. "
+                         "cifar_resnet32+cifar_resnet110)")
+    for name in parts:
+        check_backbone(name)
+    return parts[0], parts[1:]
+
+
+def pretty_name(name: str) -> str:
+    """A backbone's name as papers write it: cifar_resnet110 -> ResNet-110, cifar_wrn_20_8 -> WRN-20-8."""
+    import re
+
+    for pattern, fmt in ((r"cifar_resnet(\d+)", "ResNet-{}"), (r"cifar_wrn_(\d+)_(\d+)", "WRN-{}-{}"),
+                         (r"cifar_vgg(\d+)", "VGG-{}"), (r"cifar_densenet(\d+)_(\d+)", "DenseNet-{}-{}")):
+        match = re.fullmatch(pattern, name)
+        if match:
+            return fmt.format(*match.groups())
+    return name
+
+
 def create_backbone_with_kwargs(name: str, num_classes: int, img_size: int | None = None,
                                 **kwargs) -> tuple[timm.models.nn.Module, dict]:
     """`create_backbone`, and the keyword arguments of `timm.create_model` that built it (what an exported

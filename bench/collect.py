@@ -18,8 +18,8 @@ import pandas as pd
 from bench import runs
 
 PAPER_ORDER = ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"]
-DISPLAY = {"vanilla": "Vanilla", "dml": "DML", "cl": "CL", "one": "ONE", "okddip": "OKDDip", "kdcl": "KDCL",
-           "ffl_s": "FFL-S", "pcl": "PCL"}
+DISPLAY = {"vanilla": "Vanilla", "kd": "KD", "switokd": "SwitOKD", "dml": "DML", "cl": "CL", "one": "ONE",
+           "okddip": "OKDDip", "kdcl": "KDCL", "ffl_s": "FFL-S", "pcl": "PCL"}
 
 
 LABELS: dict[str, str] = {}  # variant row key (pcl+mean_teacher=off) -> its label suffix ("w/o mean teacher")
@@ -31,8 +31,9 @@ def display_name(method: str) -> str:
     e.g. a plug-in's), else the built-in one, else the registered name; a variant adds its label ("PCL w/o mean
     teacher", "PCL T=4"), an ensemble row "-E" ("PCL-E w/o mean teacher")."""
     row, ensemble = (method[:-2], True) if method.endswith("-E") else (method, False)
-    base = row.split("+", 1)[0]
-    label = LABELS.get(row) or (row.split("+", 1)[1] if "+" in row else "")
+    base = row.split("@", 1)[0].split("+", 1)[0]
+    label = LABELS.get(row) or " ".join(part for part in (row.split("@", 1)[0].partition("+")[2],
+                                                          row.partition("@")[2]) if part)
     return DISPLAY.get(base, base) + ("-E" if ensemble else "") + (f" {label}" if label else "")
 
 
@@ -45,18 +46,26 @@ def remember_display_name(method: str, name: Any, row: str | None = None, label:
         LABELS[row] = label.strip()
 
 
-def row_order(method_row: str) -> tuple[int, int, str, str]:
+ROW_ORDER = ["vanilla", "kd", "dml", "cl", "one", "okddip", "kdcl", "switokd", "ffl_s", "pcl"]  # table rows
+
+
+def row_order(method_row: str) -> tuple[int, int, str, str, str]:
     row = method_row[:-2] if method_row.endswith("-E") else method_row
+    row, _, partners = row.partition("@")
     base, _, variant = row.partition("+")
-    rank = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER)
-    return (int(method_row.endswith("-E")), rank, base, variant)
+    rank = ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER)
+    return (int(method_row.endswith("-E")), rank, base, partners, variant)
 
 
 def row_of(summary: dict) -> str:
     """The table row of a run: its method, or its variant (`pcl+mean_teacher=off`); runs made before variants
     existed are their method's row."""
     row = summary.get("row")
-    return row if isinstance(row, str) and row.split("+", 1)[0] == summary["method"] else summary["method"]
+    row = row if isinstance(row, str) and row.split("+", 1)[0] == summary["method"] else summary["method"]
+    partners = summary.get("partners")
+    if isinstance(partners, list) and partners and all(isinstance(p, str) for p in partners):
+        row += "@" + "+".join(partners)  # KD with a ResNet-110 teacher is another row than with a WRN-20-8 one
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,8 +153,9 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             notes.append(f"unfinished run (no summary.json): {folder}")
             continue
         ident = {**{k: summary[k] for k in ("dataset", "backbone", "seed")}, "method": row_of(summary)}
+        labels = [summary.get(k) for k in ("variant_label", "partner_label")]
         remember_display_name(summary["method"], summary.get("display_name"), ident["method"],
-                              summary.get("variant_label"))
+                              " ".join(x.strip() for x in labels if isinstance(x, str) and x.strip()))
         usual, headline = summary.get("default_headline"), summary.get("headline_model")
         if isinstance(usual, str) and isinstance(headline, str) and usual and headline != usual:
             FALLBACKS[ident["method"]] = (headline, usual)

@@ -123,6 +123,7 @@ class RunConfig(TrainConfig):
     options: dict[str, Any] = field(default_factory=dict)
     dataset_source: DatasetSource | None = None  # a dataset named on the command line (None: a registered one)
     loaded_plugins: list[dict[str, str]] = field(default_factory=list)  # {name, source, file, sha256} each
+    partners: list[str] = field(default_factory=list)  # the backbones of networks 1.. (`--backbones A+B`); [] alone
     variant: dict[str, Any] = field(default_factory=dict)  # the options that make this run a variant of its method
     # (bench.variants; {} for the method as such): its folder and table row are `method+opt=value`
     runtime: dict[str, Any] = field(default_factory=dict)  # what the run found where it ran (threads, device,
@@ -388,10 +389,11 @@ def resolved_schedule(cfg: TrainConfig) -> tuple[list[int], float]:
 
 def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
                options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None,
-               variant: dict[str, Any] | None = None) -> RunConfig:
+               variant: dict[str, Any] | None = None, partners: list[str] | None = None) -> RunConfig:
     """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
     shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
     shared["optim"].milestones, shared["rampup_epochs"] = resolved_schedule(sweep)
     return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
                      options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
-                     loaded_plugins=[dict(r) for r in loaded_plugins or []], variant=dict(variant or {}))
+                     loaded_plugins=[dict(r) for r in loaded_plugins or []], variant=dict(variant or {}),
+                     partners=list(partners or []))

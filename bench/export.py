@@ -195,14 +195,14 @@ def load_finished_run(folder: Path):
         raise UsageError(f"{folder} is not a finished run (status: {summary['status']}); only done runs export")
     if not (folder / runs.CHECKPOINT).is_file():
         raise UsageError(f"{folder} has no {runs.CHECKPOINT}: its weights were not kept, nothing to export")
-    from backbones import backbone_factory
+    from backbones import network_factory
     from bench.data import run_dataset
 
     activate_run_plugins(cfg, folder)
     spec = run_dataset(cfg)
     torch.manual_seed(0)
-    method = build_method(cfg.method, backbone_factory(cfg.backbone, spec.num_classes, spec.image_size,
-                                                       **cfg.backbone_options), spec.num_classes, cfg.options)
+    method = build_method(cfg.method, network_factory(cfg.backbone, cfg.partners, spec.num_classes, spec.image_size,
+                                                      **cfg.backbone_options), spec.num_classes, cfg.options)
     epoch = load_method_weights(method, folder / runs.CHECKPOINT, cfg.epochs)
     if epoch != summary.get("epochs_done", epoch):
         raise UsageError(f"{folder / runs.CHECKPOINT} holds epoch {epoch}, but summary.json reports "

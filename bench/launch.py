@@ -156,6 +156,10 @@ def rel(spec: RunSpec, out: Path) -> str:
     return spec.folder.relative_to(out).as_posix()
 
 
+def rel_folder(folder: Path, out: Path) -> str:
+    return folder.relative_to(out).as_posix() if folder.is_relative_to(out) else str(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # the sweep
 
@@ -225,7 +229,8 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     runs.remove_stale_sweep_temp_files(out, [s.folder for s in specs])
     me = runs.process_identity() if opts.wait else None
     update_manifest(out, launcher=opts.launcher, cancelled=False, launcher_process=me,
-                    runs={rel(s, out): {"label": s.label} for s in specs})
+                    runs={rel(s, out): {"label": s.label, "depends_on": [rel_folder(d, out) for d in s.depends_on]}
+                          for s in specs})
     try:
         failed = False
         if todo:
@@ -266,6 +271,9 @@ def finish_job(out: Path, i: int, n: int, spec: RunSpec, seconds: float, result:
     and print its line; True when the run did not end `done`."""
     if already_running(result):
         restore_holder(out, spec, result)
+    state, dep = dependency_state(spec, set())
+    if state == "blocked" and runs.run_status(spec.folder) in ("missing", "partial"):  # SLURM cancelled it
+        return print_blocked(i, n, spec, dep, out)
     return _print_result(i, n, spec, seconds, result)
 
 
@@ -296,9 +304,34 @@ def _print_result(i: int, n: int, spec: RunSpec, seconds: float, result: Any = N
     return status != "done"
 
 
+def dependency_state(spec: RunSpec, in_flight: set[Path]) -> tuple[str, Path | None]:
+    """('ready', None) when every run `spec` depends on is done; ('wait', dep) while one is still queued or training
+    (in this launch, or held by another process); ('blocked', dep) when one ended otherwise (failed, diverged) or will
+    not run: `spec` then never starts."""
+    for dep in spec.depends_on:
+        if runs.run_status(dep) == "done":
+            continue
+        if dep in in_flight or runs.lock_holder(dep) is not None:
+            return "wait", dep
+        return "blocked", dep
+    return "ready", None
+
+
+def print_blocked(i: int, n: int, spec: RunSpec, dep: Path, out: Path | None = None) -> bool:
+    where = dep.relative_to(out).as_posix() if out is not None and dep.is_relative_to(out) else str(dep)
+    state = runs.run_status(dep)
+    why = "still running elsewhere; run the sweep again once it is done" if runs.lock_holder(dep) else state
+    print(f"[{i}/{n}] {spec.label}: not started, its teacher {where} is {why}", file=sys.stderr)
+    return True
+
+
 def launch_inline(todo: list[RunSpec], opts: LaunchOptions) -> int:
     failed = 0
     for i, spec in enumerate(todo, 1):
+        state, dep = dependency_state(spec, set())
+        if state != "ready":
+            failed += print_blocked(i, len(todo), spec, dep)
+            continue
         t0 = time.perf_counter()
         result: Any = None
         try:
@@ -326,8 +359,19 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
     t0, free = {}, list(range(len(slots)))
     try:
         while pending or running:
-            while pending and free:
-                spec, slot = pending.pop(0), free.pop(0)
+            in_flight = {spec.folder for spec in pending} | {entry[1].folder for entry in running.values()}
+            ready = []
+            for spec in list(pending):
+                state, dep = dependency_state(spec, in_flight - {spec.folder})
+                if state == "blocked":  # its teacher failed: it never starts
+                    pending.remove(spec)
+                    finished += 1
+                    failed += print_blocked(finished, len(todo), spec, dep, out)
+                elif state == "ready":
+                    ready.append(spec)
+            while ready and free:
+                spec, slot = ready.pop(0), free.pop(0)
+                pending.remove(spec)
                 with sigint_ignored():
                     job = executor.submit(RunJob(threads, slots[slot], k), spec)
                 record = {"launcher": "local", "job_id": job.job_id,
@@ -396,24 +440,50 @@ def restore_holder(out: Path, spec: RunSpec, result: dict) -> None:
 
 
 def launch_slurm(todo: list[RunSpec], out: Path, opts: LaunchOptions, profile: dict[str, Any]) -> int | None:
-    """One job array for the sweep; waits for it unless --no-wait (then returns None)."""
+    """One job array for the sweep's runs that can start now; each run that depends on runs of this submission (a KD
+    student on its teacher) is a job of its own that SLURM holds until they ended well (`afterok`, and cancelled
+    if they did not: `kill-on-invalid-dep`), so no student holds a GPU while its teacher trains. Waits for all of
+    them unless --no-wait (then returns None)."""
     executor = submitit.AutoExecutor(folder=out / ".submitit" / "%j", cluster="slurm")
     params = {"name": f"okd-{out.name}", "timeout_min": 60, "cpus_per_task": 1, **profile}
-    params.setdefault("slurm_array_parallelism", len(todo))
+    folders = {spec.folder for spec in todo}
+    later = [spec for spec in todo if any(dep in folders for dep in spec.depends_on)]
+    now, blocked = [], 0
+    for spec in todo:
+        if spec in later:
+            continue
+        state, dep = dependency_state(spec, set())
+        if state == "ready":
+            now.append(spec)
+        else:
+            blocked += print_blocked(0, len(todo), spec, dep, out)
+    todo = now + later
+    params.setdefault("slurm_array_parallelism", max(1, len(now)))
     executor.update_parameters(**params)
     k = opts.runs_per_device
-    groups = [todo[i:i + k] for i in range(0, len(todo), k)]  # one array task (one GPU) per K runs
-    jobs = executor.map_array(RunJob(), todo) if k == 1 else executor.map_array(RunGroupJob(), groups)
+    groups = [now[i:i + k] for i in range(0, len(now), k)]  # one array task (one GPU) per K runs
+    jobs = (executor.map_array(RunJob(), now) if k == 1 else executor.map_array(RunGroupJob(), groups)) if now else []
+    task_of = {spec.folder: job.job_id for job, group in zip(jobs, groups) for spec in group}
+    for spec in later:
+        after = ":".join(task_of[dep] for dep in spec.depends_on if dep in task_of)
+        executor.update_parameters(slurm_additional_parameters={
+            **profile.get("slurm_additional_parameters", {}), "dependency": f"afterok:{after}",
+            "kill-on-invalid-dep": "yes"})
+        jobs.append(executor.submit(RunJob(), spec))
+        groups.append([spec])
+    if not jobs:
+        return blocked
     for job, group in zip(jobs, groups):
         for spec in group:
             runs.write_json(spec.folder / JOB_RECORD, {"launcher": "slurm", "job_id": job.job_id})
     update_manifest(out, runs={rel(s, out): {"launcher": "slurm", "job_id": j.job_id}
                                for j, group in zip(jobs, groups) for s in group})
-    print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(todo)} runs in {len(jobs)} tasks); "
-          f"'bench status {out}' to follow, 'bench cancel {out}' to stop")
+    print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(now)} runs in {len(groups) - len(later)} tasks)"
+          + (f" and {len(later)} jobs that wait on their teachers (afterok)" if later else "")
+          + f"; 'bench status {out}' to follow, 'bench cancel {out}' to stop")
     if not opts.wait:
         return None
-    failed, started, finished = 0, time.perf_counter(), 0
+    failed, started, finished = blocked, time.perf_counter(), blocked
     by_id = {job.job_id: group for job, group in zip(jobs, groups)}
     for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
         result = _job_result(job)

@@ -20,7 +20,7 @@ def method_colour(method: str) -> tuple:
     """A fixed colour per method (paper order into tab10), the same in every figure; a variant of a method
     (`pcl+mean_teacher=off`) its own, from tab20b by its name."""
     base = method[:-2] if method.endswith("-E") else method
-    if "+" in base:
+    if "+" in base or "@" in base:
         return plt.get_cmap("tab20b")(zlib.crc32(base.encode()) % 20)
     index = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER) + zlib.crc32(base.encode()) % 2
     return plt.get_cmap("tab10")(index % 10)

@@ -219,6 +219,6 @@ def remove_stale_sweep_temp_files(out: Path, run_folders: list[Path] = ()) -> No
 
 def reset_run_folder(folder: Path) -> None:
     """Remove a run's files (for --force), leaving the folder itself."""
-    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", LOGGERS_STATE):
+    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", LOGGERS_STATE, "best.safetensors"):
         (Path(folder) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(folder) / TENSORBOARD_DIR, ignore_errors=True)  # a new run starts a new TensorBoard record

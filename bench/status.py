@@ -108,6 +108,12 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
             rec["state"] = "stopped"
         else:
             rec["state"] = "pending" if job_id else "missing"
+        if rec["state"] in ("pending", "missing", "cancelled", "queued"):
+            for dep in entries.get(name, {}).get("depends_on") or []:
+                dep_state = runs.run_status(out / str(dep))
+                if dep_state in ("failed", "diverged", "corrupt"):  # its teacher will not be there: never starts
+                    rec["state"], rec["error"] = "blocked", f"not started: its teacher {dep} is {dep_state}"
+                    break
         records.append(rec)
     return records
 

@@ -20,11 +20,12 @@ from bench.variants import expand as expand_variants
 class RunSpec:
     config: RunConfig
     folder: Path
+    depends_on: tuple[Path, ...] = ()  # runs that must be done first (a KD student's teacher run)
 
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.dataset}/{c.backbone}/{variant_key(c.method, c.variant)}/seed{c.seed}"
+        return f"{c.dataset}/{'+'.join([c.backbone, *c.partners])}/{variant_key(c.method, c.variant)}/seed{c.seed}"
 
 
 def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
@@ -43,7 +44,7 @@ def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
             raise UsageError(f"{kind} lists a value twice: {', '.join(map(str, values))}")
     variants = resolve_variants(sweep)
     for b in sweep.backbones:
-        backbones.check_backbone(b)
+        backbones.split_entry(b)
     for d in sweep.datasets:
         if d in sweep.dataset_sources:
             if d in DATASETS:
@@ -147,7 +148,7 @@ def check_builds(specs: list[RunSpec]) -> None:
     `data.image_size` that fixes it."""
     import torch
 
-    from backbones import backbone_factory, smallest_input_size
+    from backbones import network_factory, smallest_input_size
     from bench.data import run_dataset
     from methods import build_method
     from methods.base import Progress
@@ -157,13 +158,14 @@ def check_builds(specs: list[RunSpec]) -> None:
     try:
         for spec in specs:
             c = spec.config
-            key = (c.method, repr(sorted(c.options.items())), c.backbone, c.dataset, repr(c.backbone_options))
+            key = (c.method, repr(sorted(c.options.items())), c.backbone, tuple(c.partners), c.dataset,
+                   repr(c.backbone_options))
             if key in seen:
                 continue
             seen.add(key)
             data = run_dataset(c)
             size = data.image_size
-            factory = backbone_factory(c.backbone, data.num_classes, size, **c.backbone_options)
+            factory = network_factory(c.backbone, c.partners, data.num_classes, size, **c.backbone_options)
             try:
                 method = build_method(c.method, factory, data.num_classes, c.options)
                 if not isinstance(method.views, int) or isinstance(method.views, bool) or method.views < 1:
@@ -250,13 +252,72 @@ def check_writable(out: Path) -> None:
 
 
 def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]]) -> list[RunSpec]:
-    """Every run of the grid, in a stable order (dataset, backbone, method, seed)."""
+    """Every run of the grid, in a stable order (dataset, backbone entry, method, seed), each folder once.
+
+    A backbone entry `STUDENT+PARTNER` gives a method that takes partners (methods.OnlineKDMethod.partner_range)
+    network i + 1 from partner i, in `<dataset>/STUDENT+PARTNER/<method>/seed<k>`; a method that takes none trains
+    on STUDENT alone, the very run of the plain `STUDENT` entry. A method whose partners are trained first (KD's
+    teacher: the vanilla run of TEACHER on the same dataset and seed) depends on those runs, which join the grid
+    before it."""
+    from backbones import split_entry
     from bench import plugins
+    from methods import METHODS
 
     out = Path(sweep.out)
     loaded = plugins.records_for(sweep.plugins)
-    return [RunSpec(run_config(sweep, v.method, b, d, s, options, loaded, v.options), runs.run_dir(out, d, b, v.key, s))
-            for d in sweep.datasets for b in sweep.backbones for v, options in variants for s in sweep.seeds]
+    entries = [split_entry(b) for b in sweep.backbones]
+    any_partner = any(partners for _, partners in entries)
+    specs: dict[Path, RunSpec] = {}
+    for d in sweep.datasets:
+        for (student, partners), entry in zip(entries, sweep.backbones):
+            for v, options in variants:
+                cls = METHODS.get(v.method)
+                lo, hi = cls.partner_range
+                used = partners if hi > 0 else []
+                if len(used) < lo and not any_partner:
+                    raise UsageError(f"{v.key} needs {lo} partner network{'s' if lo > 1 else ''}: give --backbones "
+                                     f"STUDENT+{cls.partner_role if cls.partner_role != 'with' else 'PARTNER'} "
+                                     "(e.g. cifar_resnet32+cifar_resnet110)")
+                if len(used) < lo:
+                    continue  # a plain entry beside partnered ones: this method runs on those
+                if len(used) > hi:
+                    raise UsageError(f"{v.key} takes at most {hi} partner network{'s' if hi > 1 else ''}, got "
+                                     f"{len(used)} in '{entry}'")
+                run_options = with_network_count(v, options, used, sweep)
+                for seed in sweep.seeds:
+                    needs = used and cls.needs_partner_runs(run_options)
+                    deps = tuple(add_partner_run(specs, sweep, out, d, p, seed, loaded) for p in used) if needs else ()
+                    folder = runs.run_dir(out, d, "+".join([student, *used]), v.key, seed)
+                    config = run_config(sweep, v.method, student, d, seed, run_options, loaded, v.options, used)
+                    specs.setdefault(folder, RunSpec(config, folder, deps))
+    return list(specs.values())
+
+
+def with_network_count(variant: Variant, options: dict[str, Any], partners: list[str],
+                       sweep: SweepConfig) -> dict[str, Any]:
+    """A method of independent networks on STUDENT+PARTNER+...: as many networks as the entry names (an explicit
+    different `num_networks` is refused)."""
+    if not partners or "num_networks" not in options:
+        return options
+    wanted = 1 + len(partners)
+    given = variant.options.get("num_networks", (sweep.options.get(variant.method) or {}).get("num_networks"))
+    if given is not None and given != wanted:
+        raise UsageError(f"{variant.key}: num_networks={given}, but the backbone entry names {wanted} networks "
+                         f"(the student and {len(partners)} partner{'s' if len(partners) > 1 else ''})")
+    return {**options, "num_networks": wanted}
+
+
+def add_partner_run(specs: dict[Path, RunSpec], sweep: SweepConfig, out: Path, dataset: str, backbone: str, seed: int,
+                    loaded: list[dict[str, str]]) -> Path:
+    """The vanilla run of `backbone` (a teacher) in the grid, once; returns its folder."""
+    from methods.base import options_dict, resolve_options
+
+    folder = runs.run_dir(out, dataset, backbone, "vanilla", seed)
+    if folder not in specs:
+        config = run_config(sweep, "vanilla", backbone, dataset, seed, options_dict(resolve_options("vanilla", {})),
+                            loaded)
+        specs[folder] = RunSpec(config, folder)
+    return folder
 
 
 def prepare(sweep: SweepConfig) -> list[RunSpec]:

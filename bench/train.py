@@ -47,6 +47,7 @@ from bench.variants import variant_key, variant_label
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
+BEST_NETWORK = "best.safetensors"  # the headline network at its best test epoch
 EVAL_KEYS = ("top1_error", "top5_error", "ece", "nll")  # per eval model, every epoch (metrics.jsonl, summary)
 
 
@@ -93,6 +94,17 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "okd_bench": bench.__version__}
+
+
+def partner_label(cls: type, partners: list[str]) -> str:
+    """The row label's partner part: "(T: ResNet-110)" for KD, "(with ResNet-110)" for DML; "" alone."""
+    from backbones import pretty_name
+
+    if not partners:
+        return ""
+    role = cls.partner_role
+    names = ", ".join(pretty_name(p) for p in partners)
+    return f"({role}: {names})" if role != "with" else f"(with {names})"
 
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -169,7 +181,7 @@ class Trainer:
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
-        from backbones import backbone_factory
+        from backbones import network_factory
         from bench.data import build_loaders, run_dataset
 
         cfg = self.cfg
@@ -186,11 +198,14 @@ class Trainer:
         spec = run_dataset(cfg)
         seed_everything(cfg.seed)
 
-        factory = backbone_factory(cfg.backbone, spec.num_classes, spec.image_size, **cfg.backbone_options)
+        factory = network_factory(cfg.backbone, cfg.partners, spec.num_classes, spec.image_size,
+                                  **cfg.backbone_options)
         self.method: OnlineKDMethod = build_method(cfg.method, factory, spec.num_classes, cfg.options)
+        self.method.prepare_run(self.folder)
         memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format
         self.method.to(self.device, memory_format=memory_format)
         self.deployed_params = count_params(factory())
+        self.partner_params = [count_params(factory.network(i + 1)()) for i in range(factory.partners)]
         self.train_loader, self.eval_loader, self.spec = build_loaders(
             spec, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
             self.rank, self.world)
@@ -247,6 +262,17 @@ class Trainer:
         runs.atomic_write(self.folder / runs.CHECKPOINT, lambda f: torch.save(state, f), binary=True)
         runs.write_jsonl(self.folder / runs.METRICS, self.history)
         runs.write_text(self.folder / runs.METRICS_CSV, metrics_csv(self.history))
+
+    def save_best_network(self) -> None:
+        """The headline network at its best test epoch as `best.safetensors` (plain backbone keys), e.g. for a KD
+        teacher taken at its best epoch (`kd.teacher_epoch=best`, as the official script does)."""
+        state = self.method.network_state_dict(self.method.headline) if self.rank == 0 else None
+        if state is None:
+            return
+        from safetensors.torch import save
+
+        blob = save({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
+        runs.atomic_write(self.folder / BEST_NETWORK, lambda f: f.write(blob), binary=True)
 
     def load_checkpoint(self) -> bool:
         """Resume from last.pt when it holds this very run. A checkpoint that does not fit (unreadable, malformed,
@@ -393,6 +419,8 @@ class Trainer:
                 for name, err in errors.items():
                     if name not in self.best or err["top1_error"] < self.best[name]["top1_error"]:
                         self.best[name] = {**err, "epoch": epoch + 1}
+                        if name == self.method.headline:
+                            self.save_best_network()
                 self.start_epoch = epoch + 1
                 self.save_checkpoint()
                 self.loggers.log_epoch(record)
@@ -450,6 +478,8 @@ class Trainer:
             "runtime_note": self.runtime_note(),
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
+            "partners": cfg.partners, "partner_params": self.partner_params,
+            "partner_label": partner_label(type(self.method), cfg.partners),
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
             "rejected_checkpoints": self.rejected,
             "diversity": {"final": last.get("diversity"),

@@ -50,11 +50,23 @@ class OnlineKDMethod(nn.Module):
     Options: ClassVar[type] = NoOptions
     headline: str = ""
     views: int = 1
+    partner_range: ClassVar[tuple[int, int]] = (0, 0)  # how many partner networks (`--backbones A+B`) it takes
+    partner_role: ClassVar[str] = "with"  # its row label's word for them: "DML (with ResNet-110)", "KD (T: ...)"
 
     def __init__(self, backbone: BackboneFactory, num_classes: int, opts: Any) -> None:
         super().__init__()
         self.opts = opts
         self.num_classes = num_classes
+
+    @classmethod
+    def needs_partner_runs(cls, options: dict[str, Any]) -> bool:
+        """Whether each partner is first trained alone (the sweep's vanilla run of its backbone), and this run starts
+        only once those are done (KD's teacher). `options`: the run's resolved options."""
+        return False
+
+    def prepare_run(self, folder: Any) -> None:
+        """Called once the run's folder is known, before training or resuming (KD loads its teacher's weights from
+        the sweep's teacher run here)."""
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
         """Named, already-weighted loss terms for one batch; their sum is what is minimised."""

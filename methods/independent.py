@@ -1,5 +1,7 @@
 """Methods that train m independent full networks side by side (DML, KDCL): the networks, their eval
-models `net0..net{m-1}` and the mean-logit `ensemble`; network 0 is the deployed model."""
+models `net0..net{m-1}` and the mean-logit `ensemble`; network 0 is the deployed model. With `--backbones
+STUDENT+PARTNER`, network 0 is the student and network i + 1 is built from partner i (methods.md, "DML and KDCL
+between networks of different architectures"); every loss is unchanged."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ class IndependentNetworks(OnlineKDMethod):
     """Base: `opts.num_networks` (>= 2) networks, each independently initialised."""
 
     headline = "net0"
+    partner_range = (0, 15)  # network i + 1 from partner i of `--backbones STUDENT+PARTNER+...`
 
     def __init__(self, backbone: BackboneFactory, num_classes: int, opts) -> None:
         super().__init__(backbone, num_classes, opts)
         if opts.num_networks < 2:
             raise UsageError(f"{self.name} needs num_networks >= 2, got {opts.num_networks}")
-        self.nets = nn.ModuleList(backbone() for _ in range(opts.num_networks))
+        network = getattr(backbone, "network", lambda i: backbone)  # a plain factory: every network the same
+        self.nets = nn.ModuleList(network(i)() for i in range(opts.num_networks))
 
     def run_networks(self, inputs: list[Tensor]) -> list[Tensor]:
         """Network i on inputs[i] (concurrently on CUDA streams with `compute.branch_streams=on`)."""

@@ -68,8 +68,9 @@ def optimizer_impl(impl: str, device: torch.device) -> str:
     return ("fused" if device.type == "cuda" else "foreach") if impl == "auto" else impl
 
 
-def build_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, impl: str) -> torch.optim.SGD:
-    """SGD with the config's momentum, Nesterov and weight decay; `impl` from `optimizer_impl`."""
+def build_optimizer(params: list, optim: OptimConfig, impl: str) -> torch.optim.SGD:
+    """SGD with the config's momentum, Nesterov and weight decay; `impl` from `optimizer_impl`. `params`: parameters,
+    or parameter groups (dicts, as a method's `param_groups()` gives them)."""
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
     return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
                            nesterov=optim.nesterov and optim.momentum > 0, weight_decay=optim.weight_decay,
@@ -85,8 +86,27 @@ def optimisation_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     total = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    optimizer.step()
+    chosen = unwrap(module).groups_to_step() if hasattr(unwrap(module), "groups_to_step") else None
+    if chosen is None:
+        optimizer.step()
+    else:  # only the chosen groups: the others' weights, momentum and weight decay stay untouched
+        every = optimizer.param_groups
+        optimizer.param_groups = [group for group, on in zip(every, chosen) if on]
+        try:
+            if optimizer.param_groups:
+                optimizer.step()
+        finally:
+            optimizer.param_groups = every
     return terms, total
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The method inside DistributedDataParallel or torch.compile wrappers."""
+    while True:
+        inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
 
 
 CUDA_GRAPHS = ("auto", "on", "off")

@@ -39,7 +39,7 @@ def check_logging(logging) -> None:
                              f"pip install '{name}' (or okd-bench's extra: pip install -e '.[{EXTRA[name]}]')")
 
 
-GROUPS = ("loss", "top1_error", "top5_error", "ece", "nll", "diversity")  # the mappings of a metrics.jsonl record
+GROUPS = ("loss", "top1_error", "top5_error", "ece", "nll", "diversity", "stats")  # mappings of a metrics record
 
 
 def flat_groups(record: dict[str, Any], sep: str) -> dict[str, Any]:

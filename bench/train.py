@@ -216,9 +216,10 @@ class Trainer:
         if cfg.compute.compile:
             self.train_module = torch.compile(self.train_module)
         self.optimizer_impl = optimizer_impl(cfg.compute.optimizer_impl, self.device)
-        self.optimizer = build_optimizer([p for p in self.method.parameters() if p.requires_grad], cfg.optim,
+        self.optimizer = build_optimizer(self.method.param_groups(), cfg.optim,
                                          self.optimizer_impl)
-        self.cuda_graphs = use_cuda_graphs(cfg.compute.cuda_graphs, self.device, self.world, cfg.compute.compile)
+        self.cuda_graphs = use_cuda_graphs(cfg.compute.cuda_graphs, self.device, self.world, cfg.compute.compile) and \
+            type(self.method).graphable
         self.branch_streams = use_branch_streams(cfg.compute.branch_streams, self.device, cfg.compute.compile)
         self.step_fn = make_step(self.train_module, self.optimizer, self.autocast, self.device, self.cuda_graphs,
                                  self.branch_streams)
@@ -311,9 +312,10 @@ class Trainer:
         method, loader = self.method, self.train_loader
         method.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.cfg, epoch)
+            group["lr"] = lr_at(self.cfg, epoch) * group.get("lr_scale", 1.0)
         steps = len(loader)
         sums: dict[str, torch.Tensor] = {}
+        stats: dict[str, Any] = {}  # the method's step_stats, summed
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: torch.Tensor | None = None
         for i, (views, target) in enumerate(loader.epoch(epoch)):
@@ -328,6 +330,8 @@ class Trainer:
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
             sums["total"] = sums.get("total", 0.0) + total.detach().float()
+            for name, value in method.step_stats().items():
+                stats[name] = stats.get(name, 0.0) + value
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
                 if self.world > 1:  # every rank stops together when any diverged
                     torch.distributed.all_reduce(bad_step, op=torch.distributed.ReduceOp.MAX)
@@ -336,6 +340,7 @@ class Trainer:
                     raise Diverged(epoch + 1, int(bad_step), names)
             if bar is not None:
                 bar.update(1)
+        self.epoch_stats = {name: float(v) / steps for name, v in stats.items()}
         return {name: float(v) / steps for name, v in sums.items()}
 
     @torch.no_grad()
@@ -413,6 +418,7 @@ class Trainer:
                 record = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch), "step": self.step, "loss": losses,
                           **{key: {k: v.get(key) for k, v in errors.items()} for key in EVAL_KEYS},
                           **({"diversity": spread} if spread else {}),
+                          **({"stats": self.epoch_stats} if self.epoch_stats else {}),
                           "epoch_s": time.perf_counter() - t0,
                           "images_per_s": self.world * self.train_loader.num_samples / max(train_s, 1e-9)}
                 self.history.append(record)

@@ -50,6 +50,7 @@ class OnlineKDMethod(nn.Module):
     Options: ClassVar[type] = NoOptions
     headline: str = ""
     views: int = 1
+    graphable: ClassVar[bool] = True  # False: its step decides on the host (e.g. which groups step): no CUDA graphs
     partner_range: ClassVar[tuple[int, int]] = (0, 0)  # how many partner networks (`--backbones A+B`) it takes
     partner_role: ClassVar[str] = "with"  # its row label's word for them: "DML (with ResNet-110)", "KD (T: ...)"
 
@@ -63,6 +64,22 @@ class OnlineKDMethod(nn.Module):
         """Whether each partner is first trained alone (the sweep's vanilla run of its backbone), and this run starts
         only once those are done (KD's teacher). `options`: the run's resolved options."""
         return False
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: dicts with `params` and optionally `lr_scale` (a multiplier of the
+        schedule's learning rate, e.g. SwitOKD's student at 0.1x). Default: every trainable parameter, one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def groups_to_step(self) -> list[bool] | None:
+        """After `losses`, which parameter groups the optimizer steps this batch (None: all). A group left out is
+        untouched: no weight decay, no momentum update (SwitOKD's teacher in expert mode). Needs `graphable =
+        False`."""
+        return None
+
+    def step_stats(self) -> dict[str, Any]:
+        """Quantities of the last batch that are not losses, averaged per epoch into metrics.jsonl `stats` (e.g.
+        SwitOKD's expert-mode share)."""
+        return {}
 
     def prepare_run(self, folder: Any) -> None:
         """Called once the run's folder is known, before training or resuming (KD loads its teacher's weights from

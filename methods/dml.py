@@ -7,7 +7,7 @@ with KD_T = T^2 KL(p_j || p_i) and the peers' p_j detached; T = 1 as in the pape
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +21,8 @@ from methods.losses import kd_loss
 class DMLOptions:
     num_networks: int = 3
     temperature: float = 1.0
+    lr_scales: list[float] = field(default_factory=list, metadata={"label": "lr x"})  # per network, student
+    # first ([]: all at the schedule's lr), e.g. [0.1, 1] for a student at a tenth of its partner's lr
 
 
 @register_method("dml")

@@ -5,6 +5,7 @@ between networks of different architectures"); every loss is unchanged."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -28,6 +29,21 @@ class IndependentNetworks(OnlineKDMethod):
             raise UsageError(f"{self.name} needs num_networks >= 2, got {opts.num_networks}")
         network = getattr(backbone, "network", lambda i: backbone)  # a plain factory: every network the same
         self.nets = nn.ModuleList(network(i)() for i in range(opts.num_networks))
+        scales = getattr(opts, "lr_scales", None) or []
+        if scales and (len(scales) != opts.num_networks or not all(math.isfinite(x) and x > 0 for x in scales)):
+            raise UsageError(f"{self.name}.lr_scales takes one positive multiplier per network ({opts.num_networks}, "
+                             f"network 0 the student first), got {scales}")
+
+    def network_groups(self) -> list[dict]:
+        """One optimizer group per network, with its `lr_scales` multiplier (1 where none is given)."""
+        scales = getattr(self.opts, "lr_scales", None) or [1.0] * len(self.nets)
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "lr_scale": float(scale)}
+                for net, scale in zip(self.nets, scales)]
+
+    def param_groups(self) -> list[dict]:
+        """Per-network groups when `lr_scales` asks for per-network learning rates, else the one default group (as
+        run folders made before hold it)."""
+        return self.network_groups() if getattr(self.opts, "lr_scales", None) else super().param_groups()
 
     def run_networks(self, inputs: list[Tensor]) -> list[Tensor]:
         """Network i on inputs[i] (concurrently on CUDA streams with `compute.branch_streams=on`)."""

@@ -17,7 +17,7 @@ could not be checked offline): m = 2, T = 2, kd_weight = 1. Deployed model: netw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,8 @@ class KDCLOptions:
     temperature: float = 2.0
     kd_weight: float = 1.0
     distinct_views: bool = False
+    lr_scales: list[float] = field(default_factory=list, metadata={"label": "lr x"})  # per network, student
+    # first ([]: all at the schedule's lr), e.g. [0.1, 1] for a student at a tenth of its partner's lr
 
 
 @register_method("kdcl")

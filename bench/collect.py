@@ -116,6 +116,12 @@ def _curves(history: list[dict], ident: dict) -> list[dict]:
 MEMBERS = "(members)"  # the eval_model of a curve row that holds the diversity of a run's members
 
 
+def _number_sum(values) -> float | None:
+    if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) for v in values):
+        return None
+    return float(sum(values))
+
+
 def stray_entries(roots: Iterable[Path], folders: list[Path]) -> list[Path]:
     """Files standing where a run, method, backbone or dataset folder belongs (beside run folders, up to the
     results folder given): they are not runs, and are named rather than silently ignored."""
@@ -160,7 +166,13 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         if isinstance(usual, str) and isinstance(headline, str) and usual and headline != usual:
             FALLBACKS[ident["method"]] = (headline, usual)
         params = summary.get("params") or {}
+        partners = summary.get("partners") if isinstance(summary.get("partners"), list) else []
+        flops = summary.get("flops") if isinstance(summary.get("flops"), dict) else {}
         run_rows.append({**ident, **runtime_columns(summary), "status": summary["status"], "folder": str(folder),
+                         "base_method": summary["method"], "partners": "+".join(map(str, partners)),
+                         "partner_params": _number_sum(summary.get("partner_params")),
+                         "flops_deployed": flops.get("deployed"), "flops_partners": _number_sum(flops.get("partners")),
+                         "two_stage": summary.get("two_stage") is True,
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
                          "wall_clock_s": summary.get("wall_clock_s"), "images_per_s": summary.get("images_per_s"),
                          "device": summary.get("device"), "runs_per_device": summary.get("runs_per_device") or 1,

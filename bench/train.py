@@ -96,6 +96,19 @@ def versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "timm": timm.__version__, "okd_bench": bench.__version__}
 
 
+def forward_flops(module: torch.nn.Module, size: int) -> int | None:
+    """FLOPs of one image's forward pass (torch.utils.flop_counter), None where they cannot be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            module.eval()(torch.zeros(1, 3, size, size))
+        return int(counter.get_total_flops())
+    except Exception:  # a model the counter cannot trace: the cost table shows it as missing
+        return None
+
+
 def partner_label(cls: type, partners: list[str]) -> str:
     """The row label's partner part: "(T: ResNet-110)" for KD, "(with ResNet-110)" for DML; "" alone."""
     from backbones import pretty_name
@@ -204,8 +217,10 @@ class Trainer:
         self.method.prepare_run(self.folder)
         memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format
         self.method.to(self.device, memory_format=memory_format)
-        self.deployed_params = count_params(factory())
-        self.partner_params = [count_params(factory.network(i + 1)()) for i in range(factory.partners)]
+        networks = [factory.network(i)() for i in range(factory.partners + 1)]
+        self.deployed_params = count_params(networks[0])
+        self.partner_params = [count_params(net) for net in networks[1:]]
+        self.flops = [forward_flops(net, spec.image_size) for net in networks]  # per image, for the cost table
         self.train_loader, self.eval_loader, self.spec = build_loaders(
             spec, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
             self.rank, self.world)
@@ -485,6 +500,8 @@ class Trainer:
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "partners": cfg.partners, "partner_params": self.partner_params,
+            "flops": {"deployed": self.flops[0], "partners": self.flops[1:]},
+            "two_stage": bool(cfg.partners) and type(self.method).needs_partner_runs(cfg.options),
             "partner_label": partner_label(type(self.method), cfg.partners),
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
             "rejected_checkpoints": self.rejected,

@@ -287,3 +287,17 @@ def test_on_slurm_the_student_job_starts_after_its_teacher_and_not_when_it_faile
             assert proc.returncode == 1
             assert "not started, its teacher digits/cifar_resnet32/vanilla/seed0 is failed" in proc.stderr
             assert not (runs.run_dir(out, "digits", PAIR, "kd", 0) / runs.CONFIG).exists()
+
+
+def test_the_big_small_preset_is_one_comparison_table():
+    from bench.cli import build_sweep, make_parser
+    from bench.sweep import expand, resolve_variants
+
+    sweep = build_sweep(make_parser().parse_args(["run", "--preset", "big-small", "--seeds", "0"]))[0]
+    specs = expand(sweep, resolve_variants(sweep))
+    folders = {s.folder.relative_to(sweep.out).as_posix().rsplit("/", 1)[0] for s in specs}
+    assert folders == {"cifar100/cifar_resnet32/vanilla", "cifar100/cifar_resnet32/pcl", "cifar100/cifar_resnet32/one",
+                       "cifar100/cifar_resnet32/okddip", "cifar100/cifar_resnet110/vanilla",
+                       "cifar100/cifar_wrn_20_8/vanilla",
+                       *(f"cifar100/cifar_resnet32+{p}/{m}" for p in ("cifar_resnet110", "cifar_wrn_20_8")
+                         for m in ("kd", "dml", "kdcl", "switokd"))}

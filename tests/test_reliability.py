@@ -552,6 +552,7 @@ def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, 
         for key in ("cuda_graphs", "cudnn_benchmark", "branch_streams", "threads"):
             del config["compute"][key]
         del config["runtime"], config["rampup_fraction"], config["optim"]["milestone_fractions"]
+        del config["variant"], config["partners"]
         config["optim"]["milestones"], config["rampup_epochs"] = [6, 8], 4.0  # the demo's, whatever --epochs
         (folder / runs.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         state = torch.load(folder / runs.CHECKPOINT, weights_only=True)
@@ -560,7 +561,8 @@ def test_run_folders_of_an_older_version_are_read_resumed_and_skipped(tmp_path, 
         torch.save(state, folder / runs.CHECKPOINT)
     summary = json.loads((done / runs.SUMMARY).read_text())
     for key in ("deployed", "cuda_graphs", "cudnn_benchmark", "runs_per_device", "branch_streams", "runtime",
-                "runtime_note", "rejected_checkpoints"):
+                "runtime_note", "rejected_checkpoints", "variant", "row", "variant_label", "default_headline",
+                "partners", "partner_params", "partner_label", "flops", "two_stage", "diversity"):
         summary.pop(key)
     (done / runs.SUMMARY).write_text(json.dumps(summary))
     for name in ("deployed.safetensors", "deployed.json"):

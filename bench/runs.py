@@ -23,14 +23,20 @@ from bench.files import (  # noqa: F401  (the write path, also used from here)
     write_text,
 )
 from bench.processes import is_same_process, process_identity  # noqa: F401  (also used from here)
-
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
-METRICS_CSV = "metrics.csv"  # the same, flat, for spreadsheets
-LOGGERS_STATE = "loggers.json"  # the trackers' W&B run id and last epochs on disk (bench.loggers)
-TENSORBOARD_DIR = "tensorboard"
-CONFIG = "config.yaml"
-CHECKPOINT = "last.pt"
+from bench.records import Malformed, load_lock, load_summary
+from bench.runfiles import (  # noqa: F401  (the run folder's file names, also used from here)
+    BEST_NETWORK,
+    CHECKPOINT,
+    CONFIG,
+    LOCK,
+    LOCK_FILE,
+    LOGGERS_STATE,
+    METRICS,
+    METRICS_CSV,
+    RUN_FILES,
+    SUMMARY,
+    TENSORBOARD_DIR,
+)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.+=,-]")
 
@@ -48,7 +54,6 @@ def run_dir(out: Path, dataset: str, backbone: str, method: str, seed: int) -> P
     return Path(out).joinpath(safe_part(dataset), safe_part(backbone), safe_part(method), f"seed{int(seed)}")
 
 
-RUN_FILES = (SUMMARY, METRICS, CONFIG, CHECKPOINT)
 
 
 def find_run_folders(root: Path, markers: tuple[str, ...] = RUN_FILES) -> set[Path]:
@@ -68,8 +73,6 @@ def check_output_file(path: Path, folder: Path | None, flag: str = "--out") -> N
 def run_status(path: Path) -> str:
     """'done', 'failed', 'diverged' (from summary.json), 'corrupt' (a summary.json that does not validate),
     'partial' (started) or 'missing'."""
-    from bench.records import Malformed, load_summary
-
     try:
         summary = load_summary(path)
     except Malformed:
@@ -127,8 +130,6 @@ class FileLock:
 # a run's lock: one live copy of a run at a time
 
 
-LOCK = "running.json"  # who holds the run: host, pid, start time, job id, heartbeat (for status and other hosts)
-LOCK_FILE = ".run.lock"  # the flock itself
 HEARTBEAT_S = 15.0
 STALE_S = 120.0
 
@@ -149,8 +150,6 @@ def lock_holder(folder: Path, notes: list[str] | None = None) -> dict | None:
     On this host the record's process identity (pid and start time) must be alive; from another host (a shared
     file system) its heartbeat must be recent. A requeued SLURM job (same job id, new process) is not another
     holder: its old process is gone."""
-    from bench.records import Malformed, load_lock
-
     try:
         record = load_lock(folder)
     except Malformed as err:
@@ -219,6 +218,6 @@ def remove_stale_sweep_temp_files(out: Path, run_folders: list[Path] = ()) -> No
 
 def reset_run_folder(folder: Path) -> None:
     """Remove a run's files (for --force), leaving the folder itself."""
-    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", LOGGERS_STATE, "best.safetensors"):
+    for name in (SUMMARY, METRICS, METRICS_CSV, CONFIG, CHECKPOINT, "job.json", LOGGERS_STATE, BEST_NETWORK):
         (Path(folder) / name).unlink(missing_ok=True)
     shutil.rmtree(Path(folder) / TENSORBOARD_DIR, ignore_errors=True)  # a new run starts a new TensorBoard record

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import runs
 from bench.errors import NoResults, UsageError
-from bench.launch import MANIFEST, read_manifest, slurm_queue, update_manifest
+from bench.manifest import MANIFEST, read_manifest, slurm_queue, update_manifest
 
 RUN_MARKERS = (*runs.RUN_FILES, "job.json", runs.LOCK)
 

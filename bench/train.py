@@ -47,7 +47,6 @@ from bench.variants import variant_key, variant_label
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
-BEST_NETWORK = "best.safetensors"  # the headline network at its best test epoch
 EVAL_KEYS = ("top1_error", "top5_error", "ece", "nll")  # per eval model, every epoch (metrics.jsonl, summary)
 
 
@@ -288,7 +287,7 @@ class Trainer:
         from safetensors.torch import save
 
         blob = save({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
-        runs.atomic_write(self.folder / BEST_NETWORK, lambda f: f.write(blob), binary=True)
+        runs.atomic_write(self.folder / runs.BEST_NETWORK, lambda f: f.write(blob), binary=True)
 
     def load_checkpoint(self) -> bool:
         """Resume from last.pt when it holds this very run. A checkpoint that does not fit (unreadable, malformed,

@@ -50,7 +50,8 @@ def plain_network(method, name: str, backbone: str, spec, backbone_options: dict
     state = method.network_state_dict(name)
     if state is None:
         singles = [n for n in method.eval_names() if n != name and method.network_state_dict(n) is not None]
-        kind = "an ensemble of several networks" if name in method.eval_names() else "not an eval model of it"
+        kind = ("not one network of the deployed backbone (an ensemble of several networks, or a partner of another "
+                "architecture)") if name in method.eval_names() else "not an eval model of it"
         raise UsageError(f"'{name}' of {method.name} is {kind} and cannot be exported as one network"
                          f"{did_you_mean(name, singles)} (exportable: {', '.join(singles) or 'none'})")
     module, kwargs = create_backbone_with_kwargs(backbone, spec.num_classes, img_size=spec.image_size,

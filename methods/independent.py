@@ -29,6 +29,9 @@ class IndependentNetworks(OnlineKDMethod):
             raise UsageError(f"{self.name} needs num_networks >= 2, got {opts.num_networks}")
         network = getattr(backbone, "network", lambda i: backbone)  # a plain factory: every network the same
         self.nets = nn.ModuleList(network(i)() for i in range(opts.num_networks))
+        names = getattr(backbone, "names", None) or []
+        self.exportable = [i == 0 or not names or names[min(i, len(names) - 1)] == names[0]
+                           for i in range(opts.num_networks)]  # network i exports as the student's backbone
         scales = getattr(opts, "lr_scales", None) or []
         if scales and (len(scales) != opts.num_networks or not all(math.isfinite(x) and x > 0 for x in scales)):
             raise UsageError(f"{self.name}.lr_scales takes one positive multiplier per network ({opts.num_networks}, "
@@ -61,5 +64,7 @@ class IndependentNetworks(OnlineKDMethod):
         return [f"net{i}" for i in range(len(self.nets))] + ["ensemble"]
 
     def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        """Network i as the plain student backbone; None for a partner of another architecture (it is not the
+        deployed network's kind) and for the ensemble."""
         i = indexed(name, "net", len(self.nets))
-        return None if i is None else self.nets[i].state_dict()
+        return None if i is None or not self.exportable[i] else self.nets[i].state_dict()

@@ -83,7 +83,9 @@ class KD(OnlineKDMethod):
         network = getattr(backbone, "network", lambda i: backbone)
         self.student = backbone()
         self.teacher = network(1)()
-        self.teacher_name = (getattr(backbone, "names", None) or [None, None])[-1]
+        names = getattr(backbone, "names", None) or []
+        self.teacher_name = names[-1] if len(names) > 1 else None
+        self.same_size = len(names) < 2 or names[0] == names[1]  # the teacher exports as the student's backbone
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
@@ -122,4 +124,6 @@ class KD(OnlineKDMethod):
         return ["student", "teacher"]
 
     def network_state_dict(self, name: str) -> dict[str, Tensor] | None:
+        if name == "teacher" and self.same_size:
+            return self.teacher.state_dict()
         return self.student.state_dict() if name == "student" else None

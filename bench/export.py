@@ -72,6 +72,7 @@ def metadata(net: Network, summary: dict, name: str, fmt: str, file: Path) -> di
         "input_size": list(net.input_size), "mean": list(net.mean), "std": list(net.std),
         "pretrained_cfg": net.pretrained_cfg,
         "method": summary.get("method"), "eval_model": name, "headline": name == summary.get("headline_model"),
+        "partners": summary.get("partners") or [],
         "dataset": summary.get("dataset"), "seed": summary.get("seed"), "epochs": summary.get("epochs_done"),
         "top1_error": final.get("top1_error"), "top5_error": final.get("top5_error"),
         "git_commit": summary.get("git_commit"),

@@ -108,14 +108,17 @@ def forward_flops(module: torch.nn.Module, size: int) -> int | None:
         return None
 
 
-def partner_label(cls: type, partners: list[str]) -> str:
-    """The row label's partner part: "(T: ResNet-110)" for KD, "(with ResNet-110)" for DML; "" alone."""
+def partner_label(cls: type, partners: list[str], options: dict[str, Any] | None = None) -> str:
+    """The row label's partner part: "(T: ResNet-110)" for KD ("(T: ResNet-110, best epoch)" with its teacher taken
+    at its best epoch), "(with ResNet-110)" for DML; "" alone."""
     from backbones import pretty_name
 
     if not partners:
         return ""
     role = cls.partner_role
     names = ", ".join(pretty_name(p) for p in partners)
+    note = cls.partner_note(options or {})
+    names += f", {note}" if note else ""
     return f"({role}: {names})" if role != "with" else f"(with {names})"
 
 
@@ -501,7 +504,7 @@ class Trainer:
             "partners": cfg.partners, "partner_params": self.partner_params,
             "flops": {"deployed": self.flops[0], "partners": self.flops[1:]},
             "two_stage": bool(cfg.partners) and type(self.method).needs_partner_runs(cfg.options),
-            "partner_label": partner_label(type(self.method), cfg.partners),
+            "partner_label": partner_label(type(self.method), cfg.partners, cfg.options),
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
             "rejected_checkpoints": self.rejected,
             "diversity": {"final": last.get("diversity"),

@@ -60,6 +60,11 @@ class OnlineKDMethod(nn.Module):
         self.num_classes = num_classes
 
     @classmethod
+    def partner_note(cls, options: dict[str, Any]) -> str:
+        """Words the row label adds after the partner's name (KD: "best epoch" when its teacher is taken there)."""
+        return ""
+
+    @classmethod
     def needs_partner_runs(cls, options: dict[str, Any]) -> bool:
         """Whether each partner is first trained alone (the sweep's vanilla run of its backbone), and this run starts
         only once those are done (KD's teacher). `options`: the run's resolved options."""

@@ -93,6 +93,10 @@ class KD(OnlineKDMethod):
             load_weights(Path(opts.teacher_weights), self.teacher, "kd.teacher_weights")
 
     @classmethod
+    def partner_note(cls, options: dict) -> str:
+        return "best epoch" if options.get("teacher_epoch") == "best" else ""
+
+    @classmethod
     def needs_partner_runs(cls, options: dict) -> bool:
         return not options.get("teacher_weights")
 

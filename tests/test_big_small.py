@@ -301,3 +301,16 @@ def test_the_big_small_preset_is_one_comparison_table():
                        "cifar100/cifar_wrn_20_8/vanilla",
                        *(f"cifar100/cifar_resnet32+{p}/{m}" for p in ("cifar_resnet110", "cifar_wrn_20_8")
                          for m in ("kd", "dml", "kdcl", "switokd"))}
+
+
+def test_kd_takes_its_teacher_at_its_best_epoch_when_asked_and_says_so(sweep, capsys):
+    import safetensors.torch
+
+    assert main(["run", "--methods", "kd[teacher_epoch=best]", "--backbones", PAIR, *GRID, "--out", str(sweep),
+                 "--launcher", "inline"]) == 0
+    assert "T: ResNet-32, best epoch)" in capsys.readouterr().out
+    folder = runs.run_dir(sweep, "digits", PAIR, "kd+teacher_epoch=best", 0)
+    teacher = torch.load(folder / runs.CHECKPOINT, weights_only=True)["method"]
+    best = safetensors.torch.load_file(runs.run_dir(sweep, "digits", "cifar_resnet32", "vanilla", 0)
+                                       / "best.safetensors")
+    assert all(torch.equal(teacher[f"teacher.{k}"], v) for k, v in best.items())

@@ -168,6 +168,7 @@ def check_builds(specs: list[RunSpec]) -> None:
             factory = network_factory(c.backbone, c.partners, data.num_classes, size, **c.backbone_options)
             try:
                 method = build_method(c.method, factory, data.num_classes, c.options)
+                type(method).check_inputs(method.opts, factory)
                 if not isinstance(method.views, int) or isinstance(method.views, bool) or method.views < 1:
                     raise MethodDefinitionError(f"method {c.method}: views must be a positive integer (augmented "
                                                 f"views per image), got {method.views!r}")

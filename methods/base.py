@@ -60,6 +60,11 @@ class OnlineKDMethod(nn.Module):
         self.num_classes = num_classes
 
     @classmethod
+    def check_inputs(cls, opts: Any, backbone: BackboneFactory) -> None:
+        """Check what the options name outside the run (e.g. KD's teacher file) before any run starts; a problem is a
+        UsageError. Not called when a finished run is rebuilt for export."""
+
+    @classmethod
     def partner_note(cls, options: dict[str, Any]) -> str:
         """Words the row label adds after the partner's name (KD: "best epoch" when its teacher is taken there)."""
         return ""

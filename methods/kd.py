@@ -89,8 +89,13 @@ class KD(OnlineKDMethod):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
-        if opts.teacher_weights:  # a file given by the user: checked when the method is built, before any run
-            load_weights(Path(opts.teacher_weights), self.teacher, "kd.teacher_weights")
+
+    @classmethod
+    def check_inputs(cls, opts: KDOptions, backbone: BackboneFactory) -> None:
+        """A teacher file given by the user fits the teacher's backbone: checked before any run starts."""
+        if opts.teacher_weights:
+            network = getattr(backbone, "network", lambda i: backbone)
+            load_weights(Path(opts.teacher_weights), network(1)(), "kd.teacher_weights")
 
     @classmethod
     def partner_note(cls, options: dict) -> str:
@@ -104,6 +109,7 @@ class KD(OnlineKDMethod):
         """The teacher's weights from the sweep's vanilla run of TEACHER (same dataset and seed), which the launcher
         finished before this run started: `<out>/<dataset>/<teacher>/vanilla/seed<k>/deployed.safetensors`."""
         if self.opts.teacher_weights:
+            load_weights(Path(self.opts.teacher_weights), self.teacher, "kd.teacher_weights")
             return
         folder = Path(folder)
         teacher_run = folder.parents[2] / str(self.teacher_name) / "vanilla" / folder.name

@@ -170,8 +170,8 @@ def test_an_ablation_and_a_temperature_study_in_one_sweep(tmp_path, capsys):
 
     out = tmp_path / "sweep"
     grid = ["--methods", "vanilla,pcl,pcl[mean_teacher=off],pcl[ensemble_teacher=off],pcl[multi_view=off]",
-            "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0", "--epochs", "2", "--launcher",
-            "inline", "--no-progress", "--out", str(out), "data.batch_size=128"]
+            "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0", "--epochs", "1", "--launcher",
+            "inline", "--no-progress", "--out", str(out), "data.batch_size=256"]
     assert main(["run", *grid, "pcl.temperature=2,4"]) == 0
     printed = capsys.readouterr().out
     for label in ("| Vanilla |", "| PCL T=2 |", "| PCL T=4 |", "| PCL w/o mean teacher, T=2 |",

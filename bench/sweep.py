@@ -382,7 +382,7 @@ def check_run_folders(specs: list[RunSpec], force: bool, sweep: SweepConfig | No
     """Each run folder that exists holds this very run (see bench.train.check_run_folder). A run folder made before
     the schedule followed --epochs keeps the schedule it recorded (unless the sweep gives one explicitly), so it
     stays done, or resumes as it started."""
-    from bench.train import check_run_folder
+    from bench.identity import check_run_folder
 
     kept = 0
     for spec in specs:

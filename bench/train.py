@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,11 +36,13 @@ from bench.compute import (
     use_branch_streams,
     use_cuda_graphs,
 )
-from bench.config import RunConfig, to_dict
+from bench.config import RunConfig
 from bench.distributed import world
 from bench.errors import UsageError
+from bench.identity import check_run_folder, config_record  # noqa: F401  (also used from here)
 from bench.loggers import RunLoggers, metrics_csv
 from bench.metrics import Calibration, Diversity, ensemble_gain
+from bench.provenance import count_params, forward_flops, git_commit, partner_label, versions
 from bench.variants import variant_key, variant_label
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
@@ -70,60 +70,6 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
     return cfg.optim.lr * cfg.optim.gamma ** sum(epoch >= m for m in cfg.optim.milestones)
 
 
-_GIT_COMMIT: list[str | None] = []
-
-
-def git_commit() -> str | None:
-    """The commit of the code that runs (None outside a git checkout)."""
-    if not _GIT_COMMIT:
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                 capture_output=True, text=True, timeout=5)
-            _GIT_COMMIT.append(out.stdout.strip() if out.returncode == 0 else None)
-        except (OSError, subprocess.SubprocessError):
-            _GIT_COMMIT.append(None)
-    return _GIT_COMMIT[0]
-
-
-def versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
-    import bench
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "okd_bench": bench.__version__}
-
-
-def forward_flops(module: torch.nn.Module, size: int) -> int | None:
-    """FLOPs of one image's forward pass (torch.utils.flop_counter), None where they cannot be counted."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            module.eval()(torch.zeros(1, 3, size, size))
-        return int(counter.get_total_flops())
-    except Exception:  # a model the counter cannot trace: the cost table shows it as missing
-        return None
-
-
-def partner_label(cls: type, partners: list[str], options: dict[str, Any] | None = None) -> str:
-    """The row label's partner part: "(T: ResNet-110)" for KD ("(T: ResNet-110, best epoch)" with its teacher taken
-    at its best epoch), "(with ResNet-110)" for DML; "" alone."""
-    from backbones import pretty_name
-
-    if not partners:
-        return ""
-    role = cls.partner_role
-    names = ", ".join(pretty_name(p) for p in partners)
-    note = cls.partner_note(options or {})
-    names += f", {note}" if note else ""
-    return f"({role}: {names})" if role != "with" else f"(with {names})"
-
-
-def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,58 +79,6 @@ def seed_everything(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def config_record(cfg: RunConfig) -> dict[str, Any]:
-    return to_dict(cfg)
-
-
-def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
-    """Refuse to continue a run folder made by a different config (unless `force`). The folder's config is read
-    as this version reads it: settings added since it was written take their defaults (the values the older
-    version used), so a run folder made by an older okd-bench is not "different" for lacking them."""
-    if force or not (folder / runs.CONFIG).exists():
-        return
-    try:
-        old_cfg = records.load_config(folder)
-        old_cfg.options = options_dict(resolve_options(old_cfg.method, old_cfg.options))
-        old = config_record(old_cfg)
-    except (records.Malformed, UsageError):
-        old = None
-    new = config_record(cfg)
-    if isinstance(old, dict):
-        check_same_plugins(folder, old.pop("loaded_plugins", None) or [], new.pop("loaded_plugins", None) or [])
-        for settings in (old, new):
-            settings.pop("logging", None)  # trackers can be switched on or off for a run at any time
-            settings.pop("runtime", None)  # where it ran is recorded, not a setting
-            settings.pop("rampup_fraction", None)  # the schedule's fractions resolve into milestones and ramp-up,
-            (settings.get("optim") or {}).pop("milestone_fractions", None)  # which are what a run is compared on
-    if old != new:
-        diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
-        raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
-                         "use another --out, or --force to overwrite it")
-
-
-def check_same_plugins(folder: Path, old: list[dict], new: list[dict]) -> None:
-    """An unfinished run continues only with the plug-in code it started with (same file, same sha256)."""
-    if runs.run_status(folder) == "done":
-        return
-    now = {(r.get("file") or r.get("name")): r for r in new}
-    for rec in old:
-        key = rec.get("file") or rec.get("name")
-        if key in now and rec.get("sha256") != now[key].get("sha256"):
-            raise UsageError(f"{folder}: plug-in {rec.get('name')} ({key}) changed since the run started (sha256 "
-                             f"{str(rec.get('sha256'))[:12]} then, {str(now[key].get('sha256'))[:12]} now); restore "
-                             "it, or use --force to start the run again with the new code")
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: set[str] = set()
-        for k in set(a) | set(b):
-            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return set() if a == b else {prefix.rstrip(".")}
 
 
 class Trainer:

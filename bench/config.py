@@ -46,6 +46,7 @@ class OptimConfig(Settings):
     milestones: list[int] | None = None  # epochs where lr *= gamma; None: milestone_fractions of the run's epochs
     milestone_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])  # the paper's 150/225 of 300
     gamma: float = 0.1
+    schedule: str = "step"  # step: lr x gamma at each milestone; cosine: lr 0.5 (1 + cos(pi e / epochs)), to 0
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import runs
 from bench.config import RunConfig, SweepConfig, run_config
-from bench.errors import UsageError
+from bench.errors import UsageError, unknown
 from bench.variants import Variant, fixed_options, method_names, variant_key
 from bench.variants import expand as expand_variants
 
@@ -80,6 +80,8 @@ def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
         numbers = value if isinstance(value, list) else [value]
         if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in numbers):  # NaN fails every test
             raise UsageError(f"{where} must be {valid}, got {value}")
+    if sweep.optim.schedule not in SCHEDULES:
+        raise unknown("optim.schedule", sweep.optim.schedule, SCHEDULES)
     check_compute(sweep.compute)
     from bench.loggers import check_logging
 
@@ -117,6 +119,7 @@ def resolve_variants(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]
 
 
 MAX_EPOCHS = 100_000
+SCHEDULES = ("step", "cosine")
 IMAGE_SIZES = (8, 1024)
 
 
@@ -352,8 +355,13 @@ def schedule_line(sweep: SweepConfig) -> str:
     how = "as given" if sweep.optim.milestones is not None else (
         "fractions " + "/".join(f"{f:g}" for f in sweep.optim.milestone_fractions) + " of the run")
     ramp_how = "as given" if sweep.rampup_epochs is not None else f"{sweep.rampup_fraction:.4g} of the run"
-    text = (f"schedule: {sweep.epochs} epochs, lr {sweep.optim.lr:g} x{sweep.optim.gamma:g} at epochs "
-            f"{', '.join(map(str, milestones)) or 'none'} ({how}); KD ramp-up over {rampup:g} epochs ({ramp_how})")
+    if sweep.optim.schedule == "cosine":
+        lr_text = f"lr {sweep.optim.lr:g} cosine to 0"
+        milestones = []
+    else:
+        at = ", ".join(map(str, milestones)) or "none"
+        lr_text = f"lr {sweep.optim.lr:g} x{sweep.optim.gamma:g} at epochs {at} ({how})"
+    text = f"schedule: {sweep.epochs} epochs, {lr_text}; KD ramp-up over {rampup:g} epochs ({ramp_how})"
     late = [m for m in milestones if m >= sweep.epochs]
     if late:
         text += (f"\nwarning: lr milestone{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "

@@ -10,6 +10,7 @@ states are restored, so a resumed run reproduces the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -66,7 +67,11 @@ class Diverged(Exception):
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
-    """Multistep schedule: lr * gamma^(number of milestones <= epoch)."""
+    """The learning rate of (0-based) `epoch`: the step schedule, lr * gamma^(number of milestones <= epoch), or the
+    cosine one, lr * (1 + cos(pi * epoch / epochs)) / 2, from lr at the first epoch towards 0 (Loshchilov & Hutter,
+    2017, without restarts; as MCL's official recipe, once per epoch)."""
+    if getattr(cfg.optim, "schedule", "step") == "cosine":
+        return cfg.optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
     return cfg.optim.lr * cfg.optim.gamma ** sum(epoch >= m for m in cfg.optim.milestones)
 
 

@@ -53,3 +53,14 @@ def test_the_sweep_prints_its_schedule_and_warns_when_it_cannot_act(tmp_path, ca
     assert "schedule: 2 epochs, lr 0.1 x0.1 at epochs 1, 5 (as given); KD ramp-up over 30 epochs" in captured.out
     assert "lr milestone 5 is not before the last epoch (2)" in captured.out
     assert "KD ramp-up (30 epochs) is longer than the run (2)" in captured.out
+
+
+def test_the_cosine_schedule_by_hand_and_its_bad_name(tmp_path, capsys):
+    cfg = run_config(paper(100, "optim.schedule=cosine"), "pcl", "cifar_resnet32", "cifar100", 0, {})
+    for epoch, expected in ((0, 0.1), (25, 0.1 * (1 + math.cos(math.pi / 4)) / 2), (50, 0.05), (99, 0.1 * (
+            1 + math.cos(math.pi * 0.99)) / 2)):
+        assert lr_at(cfg, epoch) == pytest.approx(expected)
+    out = tmp_path / "s"
+    assert main(["run", "--datasets", "digits", "--out", str(out), "optim.schedule=cosin"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'cosine'" in err and not out.exists()

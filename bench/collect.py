@@ -26,14 +26,22 @@ LABELS: dict[str, str] = {}  # variant row key (pcl+mean_teacher=off) -> its lab
 FALLBACKS: dict[str, tuple[str, str]] = {}  # row -> (its headline model, its method's usual one) where they differ
 
 
+def parse_row(method_row: str) -> tuple[str, str, str, str, bool]:
+    """A table row's parts: 'pcl+mean_teacher=off@cifar_resnet110-E' -> (row without -E, 'pcl', 'mean_teacher=off',
+    'cifar_resnet110', True)."""
+    ensemble = method_row.endswith("-E")
+    row = method_row[:-2] if ensemble else method_row
+    method_part, _, partners = row.partition("@")
+    base, _, variant = method_part.partition("+")
+    return row, base, variant, partners, ensemble
+
+
 def display_name(method: str) -> str:
     """A row's name: the method's name its runs recorded (summary.json `display_name`, set by the method class,
     e.g. a plug-in's), else the built-in one, else the registered name; a variant adds its label ("PCL w/o mean
     teacher", "PCL T=4"), an ensemble row "-E" ("PCL-E w/o mean teacher")."""
-    row, ensemble = (method[:-2], True) if method.endswith("-E") else (method, False)
-    base = row.split("@", 1)[0].split("+", 1)[0]
-    label = LABELS.get(row) or " ".join(part for part in (row.split("@", 1)[0].partition("+")[2],
-                                                          row.partition("@")[2]) if part)
+    row, base, variant, partners, ensemble = parse_row(method)
+    label = LABELS.get(row) or " ".join(part for part in (variant, partners) if part)
     return DISPLAY.get(base, base) + ("-E" if ensemble else "") + (f" {label}" if label else "")
 
 
@@ -50,11 +58,9 @@ ROW_ORDER = ["vanilla", "kd", "dml", "cl", "one", "okddip", "kdcl", "switokd", "
 
 
 def row_order(method_row: str) -> tuple[int, int, str, str, str]:
-    row = method_row[:-2] if method_row.endswith("-E") else method_row
-    row, _, partners = row.partition("@")
-    base, _, variant = row.partition("+")
+    _, base, variant, partners, ensemble = parse_row(method_row)
     rank = ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER)
-    return (int(method_row.endswith("-E")), rank, base, partners, variant)
+    return (int(ensemble), rank, base, partners, variant)
 
 
 def row_of(summary: dict) -> str:

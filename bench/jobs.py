@@ -93,7 +93,7 @@ class RunJob(submitit.helpers.Checkpointable):
         import torch
 
         restore_sigint()
-        threads = spec.config.compute.threads or self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))  # compute.threads wins in setup
         if threads:
             torch.set_num_threads(threads)
         if self.gpu is not None:  # a packed local run: its slot's GPU

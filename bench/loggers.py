@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import runs
 from bench.errors import UsageError, unknown
-from bench.variants import variant_key
+from bench.variants import run_label
 
 WANDB_MODES = ("off", "offline", "online")
 EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -128,8 +128,7 @@ class WandbTracker(Tracker):
         sweep = folder.parents[3] if len(folder.parents) > 3 else folder
         self.run = wandb.init(
             project=lg.wandb_project, entity=lg.wandb_entity or None, group=sweep.name,
-            name=f"{cfg.dataset}/{cfg.backbone}/{variant_key(cfg.method, cfg.variant)}/seed{cfg.seed}", id=run_id,
-            resume="allow",
+            name=run_label(cfg), id=run_id, resume="allow",
             mode=cfg.logging.wandb, dir=str(folder), tags=[cfg.method, cfg.backbone, cfg.dataset, f"seed{cfg.seed}"],
             config=to_dict(cfg), reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
         self.run.define_metric("epoch")

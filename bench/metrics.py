@@ -37,9 +37,9 @@ class Calibration:
         self.sums[1 + b:1 + 2 * b].index_add_(0, index, confidence.double())
         self.sums[1 + 2 * b:].index_add_(0, index, (predicted == target).double())
 
-    def result(self, sums: Tensor | None = None) -> dict[str, float]:
-        """{'ece': percent, 'nll': nats per image} from these sums (or all-reduced ones)."""
-        s = (self.sums if sums is None else sums).double().cpu()
+    def result(self) -> dict[str, float]:
+        """{'ece': percent, 'nll': nats per image} from the sums (all-reduced in place across ranks, if any)."""
+        s = self.sums.double().cpu()
         b = self.bins
         counts, confidence, correct = s[1:1 + b], s[1 + b:1 + 2 * b], s[1 + 2 * b:]
         n = float(counts.sum())
@@ -72,9 +72,9 @@ class Diversity:
         self.sums[1] += kl / max(pairs, 1)
         self.sums[2] += zs[0].shape[0]
 
-    def result(self, sums: Tensor | None = None) -> dict[str, float]:
+    def result(self) -> dict[str, float]:
         """{'disagreement': percent of images, 'kl': nats per image}, each the mean over member pairs."""
-        s = (self.sums if sums is None else sums).double().cpu()
+        s = self.sums.double().cpu()
         n = float(s[2])
         return {"disagreement": 100.0 * float(s[0]) / n, "kl": float(s[1]) / n} if n else {}
 

@@ -14,14 +14,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.aggregate import MEMBERS, PAPER_ORDER, Collection, display_name, row_order  # noqa: E402
+from bench.collect import parse_row  # noqa: E402
 
 
 def method_colour(method: str) -> tuple:
     """A fixed colour per method (paper order into tab10), the same in every figure; a variant of a method
     (`pcl+mean_teacher=off`) its own, from tab20b by its name."""
-    base = method[:-2] if method.endswith("-E") else method
-    if "+" in base or "@" in base:
-        return plt.get_cmap("tab20b")(zlib.crc32(base.encode()) % 20)
+    row, base, variant, partners, _ = parse_row(method)
+    if variant or partners:
+        return plt.get_cmap("tab20b")(zlib.crc32(row.encode()) % 20)
     index = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER) + zlib.crc32(base.encode()) % 2
     return plt.get_cmap("tab10")(index % 10)
 

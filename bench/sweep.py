@@ -12,7 +12,7 @@ from typing import Any
 from bench import runs
 from bench.config import RunConfig, SweepConfig, run_config
 from bench.errors import UsageError, unknown
-from bench.variants import Variant, fixed_options, method_names, variant_key
+from bench.variants import Variant, fixed_options, method_names, run_label
 from bench.variants import expand as expand_variants
 
 
@@ -24,8 +24,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        c = self.config
-        return f"{c.dataset}/{'+'.join([c.backbone, *c.partners])}/{variant_key(c.method, c.variant)}/seed{c.seed}"
+        return run_label(self.config)
 
 
 def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:

@@ -44,7 +44,7 @@ from bench.identity import check_run_folder, config_record  # noqa: F401  (also 
 from bench.loggers import RunLoggers, metrics_csv
 from bench.metrics import Calibration, Diversity, ensemble_gain
 from bench.provenance import count_params, forward_flops, git_commit, partner_label, versions
-from bench.variants import variant_key, variant_label
+from bench.variants import run_label, variant_key, variant_label
 from methods.base import OnlineKDMethod, Progress, build_method, options_dict, resolve_options
 
 CHECK_EVERY = 20  # optimizer steps between host-side divergence checks (one sync each)
@@ -53,8 +53,6 @@ EVAL_KEYS = ("top1_error", "top5_error", "ece", "nll")  # per eval model, every 
 
 def finite(values: dict[str, float | None]) -> dict[str, float | None]:
     """JSON-safe: a NaN or infinite measurement is recorded as missing (None)."""
-    import math
-
     return {k: (v if v is None or math.isfinite(v) else None) for k, v in values.items()}
 
 
@@ -283,8 +281,6 @@ class Trainer:
                 diversity.add(logits)
             n += len(y)
         names = sorted(correct1)
-        sums = {name: calibration[name].sums for name in names}
-        div_sums = diversity.sums if diversity is not None else None
         if self.world > 1:
             counts = torch.tensor([n] + [int(correct1[k]) for k in names] + [int(correct5[k]) for k in names],
                                   dtype=torch.long, device=self.device)
@@ -292,12 +288,12 @@ class Trainer:
             n = int(counts[0])
             correct1 = dict(zip(names, counts[1:1 + len(names)].tolist()))
             correct5 = dict(zip(names, counts[1 + len(names):].tolist()))
-            for tensor in [*sums.values(), *([div_sums] if div_sums is not None else [])]:
-                torch.distributed.all_reduce(tensor)
+            for sums in [*(calibration[name] for name in names), *([diversity] if diversity else [])]:
+                torch.distributed.all_reduce(sums.sums)  # in place: result() reads the reduced sums
         errors = {name: {"top1_error": 100.0 * (n - int(correct1[name])) / n,
                          "top5_error": 100.0 * (n - int(correct5[name])) / n,
-                         **finite(calibration[name].result(sums[name]))} for name in names}
-        spread = finite(diversity.result(div_sums)) if diversity is not None else {}
+                         **finite(calibration[name].result())} for name in names}
+        spread = finite(diversity.result()) if diversity is not None else {}
         if diversity is not None:
             spread["ensemble_gain"] = ensemble_gain({m: e["top1_error"] for m, e in errors.items()}, members)
         return errors, spread
@@ -376,7 +372,7 @@ class Trainer:
         total = cfg.epochs * len(self.train_loader)
         return tqdm(total=total, initial=self.start_epoch * len(self.train_loader), leave=False, dynamic_ncols=True,
                     disable=None, mininterval=0.5, unit="step",
-                    desc=f"{cfg.dataset}/{cfg.backbone}/{variant_key(cfg.method, cfg.variant)}/seed{cfg.seed}")
+                    desc=run_label(cfg))
 
     def finish(self, status: str, **extra: Any) -> dict[str, Any]:
         cfg = self.cfg

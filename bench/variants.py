@@ -44,6 +44,13 @@ def variant_key(method: str, options: dict[str, Any]) -> str:
     return "+".join([method, *(f"{k}={format_value(options[k])}" for k in sorted(options))])
 
 
+def run_label(config: Any) -> str:
+    """`dataset/backbone[+partner]/method[+variant]/seed<k>`: how a run is named in launcher lines, progress bars and
+    trackers (its folder's path below the sweep, for a run the grid made)."""
+    backbone = "+".join([config.backbone, *getattr(config, "partners", [])])
+    return f"{config.dataset}/{backbone}/{variant_key(config.method, config.variant)}/seed{config.seed}"
+
+
 def split_top_level(text: str, what: str = "--methods") -> list[str]:
     """Split on commas outside brackets: 'pcl,pcl[a=1,b=2]' -> ['pcl', 'pcl[a=1,b=2]']."""
     items, depth, current = [], 0, ""

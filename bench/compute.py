@@ -203,7 +203,8 @@ class GraphedStep:
 
     def __call__(self, views: list[Tensor], target: Tensor, progress: Progress) -> tuple[dict[str, Tensor], Tensor]:
         self.weight.fill_(progress.rampup)
-        graphed = Progress(progress.epoch, progress.step, progress.rampup_epochs, weight=self.weight)
+        graphed = Progress(progress.epoch, progress.step, progress.rampup_epochs, weight=self.weight,
+                           batch=progress.batch)
         if self.failed:
             return optimisation_step(self.module, self.optimizer, self.autocast, views, target, graphed)
         lr = tuple(group["lr"] for group in self.optimizer.param_groups)

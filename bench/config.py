@@ -58,6 +58,9 @@ class DataConfig(Settings):
     workers: int = 4
     image_size: Any = 0  # resize every image once to this square size (0: the dataset's own); checked in sweep
     resident_gb: float = 8.0  # a dataset whose augmented store fits in this many GB is held whole on the device
+    sampler: str = "random"  # random (a permutation per epoch) or class_balanced (per_class images of each class)
+    per_class: int = 2  # images of each class in a class-balanced batch (MCL: 2 of 64 classes at batch 128)
+    view_augment: list[str] = field(default_factory=list)  # each view's recipe (bench.data.recipes); empty: crop+flip
 
 
 @dataclass

@@ -151,7 +151,7 @@ def check_builds(specs: list[RunSpec]) -> None:
     import torch
 
     from backbones import network_factory, smallest_input_size
-    from bench.data import run_dataset
+    from bench.data import check_sampler, run_dataset, view_recipes
     from methods import build_method
     from methods.base import Progress
 
@@ -168,9 +168,11 @@ def check_builds(specs: list[RunSpec]) -> None:
             data = run_dataset(c)
             size = data.image_size
             factory = network_factory(c.backbone, c.partners, data.num_classes, size, **c.backbone_options)
+            check_sampler(c.data, data.num_classes, c.dataset)
             try:
                 method = build_method(c.method, factory, data.num_classes, c.options)
                 type(method).check_inputs(method.opts, factory)
+                type(method).check_settings(method.opts, c)
                 if not isinstance(method.views, int) or isinstance(method.views, bool) or method.views < 1:
                     raise MethodDefinitionError(f"method {c.method}: views must be a positive integer (augmented "
                                                 f"views per image), got {method.views!r}")
@@ -193,6 +195,8 @@ def check_builds(specs: list[RunSpec]) -> None:
                     raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
                 raise UsageError(f"{c.method} with {c.backbone} cannot train on {c.dataset} "
                                  f"({size}x{size} images): {str(err).splitlines()[0]}") from None
+            view_recipes(method.view_augment() or c.data.view_augment, method.views,
+                         where=f"{c.method}'s view_augment" if method.view_augment() else f"data.view_augment ({c.method})")
             if not isinstance(method.headline, str) or method.headline not in method.eval_names():
                 raise UsageError(f"method {c.method}: its headline {method.headline!r} is not one of its eval models "
                                  f"({', '.join(method.eval_names())}); set headline to the one the paper reports")

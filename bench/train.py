@@ -122,7 +122,7 @@ class Trainer:
         self.flops = [forward_flops(net, spec.image_size) for net in networks]  # per image, for the cost table
         self.train_loader, self.eval_loader, self.spec = build_loaders(
             spec, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
-            self.rank, self.world)
+            self.rank, self.world, recipes=self.method.view_augment())
         self.train_module: torch.nn.Module = self.method
         if self.world > 1:  # gradients all-reduced; the method's forward() is its losses()
             self.train_module = torch.nn.parallel.DistributedDataParallel(
@@ -233,7 +233,7 @@ class Trainer:
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: torch.Tensor | None = None
         for i, (views, target) in enumerate(loader.epoch(epoch)):
-            progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs)
+            progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs, batch=i)
             terms, total = self.step_fn(views, target, progress)
             finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
             first_bad = (bad_step < 0) & ~finite.all()

@@ -27,6 +27,7 @@ class Progress:
     step: int
     rampup_epochs: float = 80.0
     weight: Any = None  # w(e) as a device tensor (filled by the trainer) for steps replayed as CUDA graphs
+    batch: int = 0  # the batch's index within its epoch (0 first), e.g. OKDPH's fusion every g batches
 
     @property
     def rampup(self) -> Any:
@@ -63,6 +64,16 @@ class OnlineKDMethod(nn.Module):
     def check_inputs(cls, opts: Any, backbone: BackboneFactory) -> None:
         """Check what the options name outside the run (e.g. KD's teacher file) before any run starts; a problem is a
         UsageError. Not called when a finished run is rebuilt for export."""
+
+    @classmethod
+    def check_settings(cls, opts: Any, cfg: Any) -> None:
+        """Check the run's settings the method depends on (`cfg`: the RunConfig, e.g. its `data.sampler`) before any
+        run starts; a problem is a UsageError (MCL refuses batches that cannot hold a positive)."""
+
+    def view_augment(self) -> list[str] | None:
+        """The augmentation recipe of each of its views (bench.data.recipes: `crop+flip+rotate`, ...), e.g. OKDPH's
+        official per-network set; None: the run's `data.view_augment` (default crop + flip for every view)."""
+        return None
 
     @classmethod
     def partner_note(cls, options: dict[str, Any]) -> str:

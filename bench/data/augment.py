@@ -18,16 +18,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def crop_flip_nhwc(padded: Tensor, index: Tensor, size: tuple[int, int], pad: int, flip: bool,
-                   gen: torch.Generator) -> Tensor:
+                   gen: torch.Generator, crop: bool = True) -> Tensor:
     """Batched RandomCrop(size, padding=pad) then RandomHorizontalFlip of images `index` of a zero-padded
     NHWC store [N, H+2p, W+2p, C] (any dtype): one index_select of pixels, whose crop offsets shift the row
-    and column grids and whose flip reverses the columns. Returns [B, H, W, C]."""
+    and column grids and whose flip reverses the columns. `crop` False: the centre (the image itself), no draw.
+    Returns [B, H, W, C]."""
     b, (h, w) = len(index), size
     dev = padded.device
     hp, wp, c = padded.shape[1:]
     draw = gen.device
-    off_y = torch.randint(0, 2 * pad + 1, (b,), device=draw, generator=gen).to(dev, non_blocking=True)
-    off_x = torch.randint(0, 2 * pad + 1, (b,), device=draw, generator=gen).to(dev, non_blocking=True)
+    if crop:
+        off_y = torch.randint(0, 2 * pad + 1, (b,), device=draw, generator=gen).to(dev, non_blocking=True)
+        off_x = torch.randint(0, 2 * pad + 1, (b,), device=draw, generator=gen).to(dev, non_blocking=True)
+    else:
+        off_y = off_x = torch.full((b,), pad, device=dev, dtype=torch.long)
     rows = off_y[:, None] + torch.arange(h, device=dev)
     cols = off_x[:, None] + torch.arange(w, device=dev)
     if flip:

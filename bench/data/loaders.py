@@ -14,48 +14,87 @@ import torch
 from torch import Tensor
 
 from bench.data.augment import Normalize, crop_flip_nhwc, epoch_generator, pad_nhwc
+from bench.data.recipes import Recipe, apply_extras, torchvision_transform, view_recipes
+from bench.data.samplers import ClassBalancedBatches, batches_per_epoch, class_balanced_order, rank_share
 from bench.data.sources import dataset_spec, resize_split, with_statistics
 from bench.data.spec import DatasetSpec, ImageList, TensorSplit
 from bench.errors import UsageError
 
 
 class TensorTrainLoader:
-    """Shuffled, augmented batches of a split held on `device`, `views` augmentations per image.
+    """Shuffled, augmented batches of a split held on `device`, `views` augmentations per image, view i through
+    `recipes[i]` (default: crop + flip for every view); `sampler` "random" (a permutation) or "class_balanced"
+    (`per_class` images of each class of a batch, bench.data.samplers).
 
-    With `world` > 1 processes, every rank draws the same permutation and takes its own 1/world of it
-    (`batch_size` stays the global batch), with its own augmentation stream."""
+    With `world` > 1 processes, every rank draws the same order and takes its own 1/world of it (`batch_size` stays
+    the global batch), with its own augmentation stream."""
 
     def __init__(self, split: TensorSplit, spec: DatasetSpec, batch_size: int, views: int, seed: int,
-                 device: torch.device, channels_last: bool, rank: int = 0, world: int = 1) -> None:
+                 device: torch.device, channels_last: bool, rank: int = 0, world: int = 1,
+                 recipes: list[Recipe] | None = None, sampler: str = "random", per_class: int = 2) -> None:
         self.normalize = Normalize(spec.mean, spec.std, device, channels_last)
         # the split, zero-padded and normalised once, float32 NHWC: a batch is then one gather of pixels
         # (4x the memory of uint8: 0.96 GB for CIFAR's 50,000 training images)
         self.store = self.normalize.nhwc(pad_nhwc(split.images.to(device), spec.pad))
         self.size = tuple(split.images.shape[2:])
         self.labels = split.labels.to(device)
+        self.labels_cpu = split.labels.cpu()
         self.spec, self.views, self.seed, self.device = spec, views, seed, device
         self.rank, self.world = rank, world
+        self.global_batch = batch_size
         self.batch_size = max(1, batch_size // world)
+        self.recipes = recipes or view_recipes(None, views)
+        self.mean = torch.tensor(spec.mean, device=device, dtype=torch.float32)
+        self.std = torch.tensor(spec.std, device=device, dtype=torch.float32)
+        self.sampler, self.per_class = sampler, per_class
+        self.balanced_batches = (batches_per_epoch(self.labels_cpu, per_class, batch_size)
+                                 if sampler == "class_balanced" else 0)
 
     @property
     def num_samples(self) -> int:
         """Samples per epoch on this rank."""
+        if self.sampler == "class_balanced":
+            return self.balanced_batches * self.batch_size
         return len(self.labels) // self.world
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
+    def order(self, gen: torch.Generator) -> Tensor:
+        """This rank's indices of the epoch, batch after batch."""
+        if self.sampler == "class_balanced":
+            order = class_balanced_order(self.labels_cpu, self.per_class, self.global_batch, gen)
+            order = torch.cat([rank_share(b, self.per_class, self.rank, self.world)
+                               for b in order.split(self.global_batch)]) if len(order) else order
+            return order.to(self.device)
+        order = torch.randperm(len(self.labels), generator=gen).to(self.device)
+        return order[self.rank::self.world][: self.num_samples] if self.world > 1 else order
+
     def epoch(self, epoch: int) -> Iterator[tuple[list[Tensor], Tensor]]:
         gen = epoch_generator(self.seed, epoch)
-        order = torch.randperm(len(self.labels), generator=gen).to(self.device)
+        order = self.order(gen)
         if self.world > 1:
-            order = order[self.rank::self.world][: self.num_samples]
             gen = epoch_generator(self.seed + 104_729 * (self.rank + 1), epoch)
+        shared = len({(r.crop, r.flip) for r in self.recipes}) == 1  # one gather serves every view
         for start in range(0, self.num_samples, self.batch_size):
             idx = order[start:start + self.batch_size]
-            many = idx.repeat(self.views) if self.views > 1 else idx
-            crops = crop_flip_nhwc(self.store, many, self.size, self.spec.pad, self.spec.flip, gen)
-            yield list(self.normalize.layout(crops).chunk(self.views)), self.labels[idx]
+            if shared:
+                many = idx.repeat(self.views) if self.views > 1 else idx
+                views = list(self.normalize.layout(self.gather(many, self.recipes[0], gen)).chunk(self.views))
+            else:
+                views = [self.normalize.layout(self.gather(idx, r, gen)) for r in self.recipes]
+            yield [self.extras(v, r, gen) for v, r in zip(views, self.recipes)], self.labels[idx]
+
+    def gather(self, idx: Tensor, recipe: Recipe, gen: torch.Generator) -> Tensor:
+        return crop_flip_nhwc(self.store, idx, self.size, self.spec.pad, self.spec.flip and recipe.flip, gen,
+                              crop=recipe.crop)
+
+    def extras(self, x: Tensor, recipe: Recipe, gen: torch.Generator) -> Tensor:
+        """A view's ops after crop and flip (none for the default recipe: the batch as gathered)."""
+        if not recipe.extras:
+            return x
+        memory_format = torch.channels_last if self.normalize.channels_last else torch.contiguous_format
+        return apply_extras(x, recipe, self.mean, self.std, gen).contiguous(memory_format=memory_format)
 
 
 class TensorEvalLoader:
@@ -79,13 +118,15 @@ class TensorEvalLoader:
 
 
 class MultiView:
-    """A torchvision transform applied `views` times independently: PCL's multiple augmentation."""
+    """A torchvision transform applied `views` times independently (PCL's multiple augmentation), or a list of
+    transforms, one per view (per-view recipes)."""
 
-    def __init__(self, transform: Callable, views: int) -> None:
-        self.transform, self.views = transform, views
+    def __init__(self, transform: Callable | list[Callable], views: int) -> None:
+        self.transforms = list(transform) if isinstance(transform, list) else [transform] * views
+        self.views = views
 
     def __call__(self, img):
-        return [self.transform(img) for _ in range(self.views)]
+        return [tf(img) for tf in self.transforms]
 
 
 class ListedImages(torch.utils.data.Dataset):
@@ -116,30 +157,36 @@ def _folder_dataset(source: Path | ImageList, spec: DatasetSpec, transform: Call
 
 
 class FolderTrainLoader:
-    def __init__(self, root: Path | ImageList, spec: DatasetSpec, data_cfg, views: int, seed: int,
-                 device: torch.device, channels_last: bool, rank: int = 0, world: int = 1) -> None:
-        from torchvision import transforms
+    """Streamed training batches (a DataLoader over image files), view i through `recipes[i]`; the order from a
+    DistributedSampler (random) or ClassBalancedBatches, both set by (seed, epoch)."""
 
-        size = spec.image_size
-        crop = ([transforms.RandomResizedCrop(size)] if spec.resized_crop else
-                [transforms.Resize((size, size)), transforms.RandomCrop(size, padding=spec.pad)])
-        tf = transforms.Compose([*crop, *([transforms.RandomHorizontalFlip()] if spec.flip else []),
-                                 transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
-        self.dataset = _folder_dataset(root, spec, MultiView(tf, views))
+    def __init__(self, root: Path | ImageList, spec: DatasetSpec, data_cfg, views: int, seed: int,
+                 device: torch.device, channels_last: bool, rank: int = 0, world: int = 1,
+                 recipes: list[Recipe] | None = None) -> None:
+        recipes = recipes or view_recipes(None, views)
+        transforms = [torchvision_transform(r, spec, spec.image_size) for r in recipes]
+        self.dataset = _folder_dataset(root, spec, MultiView(transforms, views))
         self.seed, self.device = seed, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         workers = data_cfg.workers
-        self.sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True,
-                                                           seed=seed, drop_last=True)
+        batch = dict(batch_size=max(1, data_cfg.batch_size // world), drop_last=False)
+        if getattr(data_cfg, "sampler", "random") == "class_balanced":
+            labels = torch.tensor([label for _, label in self.dataset.samples], dtype=torch.long)
+            self.sampler = ClassBalancedBatches(labels, data_cfg.per_class, data_cfg.batch_size, seed, rank, world)
+            batch = dict(batch_sampler=self.sampler)
+            self.samples = len(self.sampler) * max(1, data_cfg.batch_size // world)
+        else:
+            self.sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=world, rank=rank,
+                                                               shuffle=True, seed=seed, drop_last=True)
+            batch["sampler"] = self.sampler
+            self.samples = len(self.sampler)
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=max(1, data_cfg.batch_size // world), sampler=self.sampler,
-            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-            drop_last=False,
-        )
+            self.dataset, **batch, num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0)
 
     @property
     def num_samples(self) -> int:
-        return len(self.sampler)
+        return self.samples
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -201,16 +248,19 @@ def build_eval_loader(spec: DatasetSpec | str, data_cfg, device: torch.device, c
 
 
 def build_loaders(spec: DatasetSpec | str, data_cfg, views: int, seed: int, device: torch.device, channels_last: bool,
-                  rank: int = 0, world: int = 1):
+                  rank: int = 0, world: int = 1, recipes: list[str] | None = None):
     """(train loader, eval loader, spec with its mean/std) of a dataset (a `dataset_spec`); sharded over
-    `world` ranks."""
+    `world` ranks. `recipes`: the views' augmentation recipes (None: `data.view_augment`, else crop + flip)."""
+    parsed = view_recipes(recipes if recipes is not None else getattr(data_cfg, "view_augment", None), views)
     spec = dataset_spec(spec, data_cfg) if isinstance(spec, str) else spec
     train_src = spec.load(data_cfg, True)
     spec = with_statistics(spec, data_cfg, train_src)
     if isinstance(train_src, TensorSplit):
         train_src = resize_split(train_src, spec.image_size)
         train = TensorTrainLoader(train_src, spec, data_cfg.batch_size, views, seed, device, channels_last, rank,
-                                  world)
+                                  world, recipes=parsed, sampler=getattr(data_cfg, "sampler", "random"),
+                                  per_class=getattr(data_cfg, "per_class", 2))
     else:
-        train = FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last, rank, world)
+        train = FolderTrainLoader(train_src, spec, data_cfg, views, seed, device, channels_last, rank, world,
+                                  recipes=parsed)
     return train, build_eval_loader(spec, data_cfg, device, channels_last, rank, world), spec

@@ -1,0 +1,111 @@
+"""The order of an epoch's training images (`data.sampler`): `random` (a permutation, as always) or `class_balanced`
+(every batch holds exactly `data.per_class` images of each of its batch_size / per_class classes; MCL's official
+batches, 2 images of each of 64 classes at batch 128, main_cifar.py L99-101).
+
+Both depend only on (seed, epoch), so a run resumed at an epoch boundary sees the batches it would have seen, and both
+serve the device-resident and the streamed loaders.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.errors import UsageError, unknown
+
+SAMPLERS = ("random", "class_balanced")
+
+
+def check_sampler(data_cfg, num_classes: int, dataset: str, world: int = 1) -> None:
+    """Before any run: the sampler exists and a class-balanced batch can be made (one UsageError otherwise)."""
+    name = getattr(data_cfg, "sampler", "random")
+    if name not in SAMPLERS:
+        raise unknown("data.sampler", name, SAMPLERS)
+    if name != "class_balanced":
+        return
+    k, batch = int(data_cfg.per_class), int(data_cfg.batch_size)
+    if k < 1:
+        raise UsageError(f"data.per_class must be at least 1, got {k}")
+    if batch % k:
+        raise UsageError(f"data.sampler=class_balanced: data.batch_size {batch} is not divisible by data.per_class {k} "
+                         f"(a batch holds {k} images of each of its classes); e.g. batch_size {batch - batch % k or k}")
+    if batch // k > num_classes:
+        raise UsageError(f"data.sampler=class_balanced: a batch of {batch} at {k} per class holds {batch // k} "
+                         f"classes, more than {dataset}'s {num_classes}; raise data.per_class to "
+                         f"{next(d for d in range(-(-batch // num_classes), batch + 1) if batch % d == 0)} "
+                         "or lower data.batch_size")
+    if (batch // k) % world:
+        raise UsageError(f"data.sampler=class_balanced: the {batch // k} classes of a batch do not split over "
+                         f"{world} processes")
+
+
+def balanced_rounds(counts: np.ndarray, per_class: int, classes_per_batch: int,
+                    gen: torch.Generator | None = None) -> list[np.ndarray]:
+    """Which classes each batch takes: every batch the `classes_per_batch` classes with the most groups of
+    `per_class` images left, ties broken at random (with `gen`; none: by class index). Taking the fullest classes
+    first makes as many batches as the counts allow, a number that does not depend on the tie-breaks."""
+    left = (np.asarray(counts) // per_class).astype(np.int64)
+    rounds = []
+    while (left > 0).sum() >= classes_per_batch:
+        noise = torch.rand(len(left), generator=gen).numpy() if gen is not None else np.zeros(len(left))
+        chosen = np.argsort(-(left + 0.5 * noise), kind="stable")[:classes_per_batch]
+        rounds.append(chosen)
+        left[chosen] -= 1
+    return rounds
+
+
+def class_balanced_order(labels: Tensor, per_class: int, batch_size: int, gen: torch.Generator) -> Tensor:
+    """An epoch's image indices, batch after batch: each batch is `batch_size // per_class` distinct classes with
+    `per_class` images each (consecutive), every image at most once; the images left over are not used this epoch."""
+    labels = labels.cpu()
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+    by_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in by_class]
+    rounds = balanced_rounds(np.array([len(i) for i in by_class]), per_class, batch_size // per_class, gen)
+    taken = np.zeros(num_classes, dtype=np.int64)
+    out = []
+    for chosen in rounds:
+        for c in chosen:
+            start = taken[c] * per_class
+            out.append(by_class[c][start:start + per_class])
+            taken[c] += 1
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def batches_per_epoch(labels: Tensor, per_class: int, batch_size: int) -> int:
+    """How many class-balanced batches an epoch has (the same every epoch)."""
+    counts = np.bincount(labels.cpu().numpy(), minlength=int(labels.max()) + 1)
+    return len(balanced_rounds(counts, per_class, batch_size // per_class))
+
+
+def rank_share(batch: Tensor, per_class: int, rank: int, world: int) -> Tensor:
+    """This rank's part of a class-balanced batch: its classes rank, rank + world, ... with all their images."""
+    if world == 1:
+        return batch
+    return batch.view(-1, per_class)[rank::world].reshape(-1)
+
+
+class ClassBalancedBatches(torch.utils.data.Sampler):
+    """Class-balanced batches of indices for a DataLoader (`batch_sampler=`), this rank's share; `set_epoch` as
+    DistributedSampler."""
+
+    def __init__(self, labels: Tensor, per_class: int, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
+        self.labels, self.per_class, self.batch_size = labels, per_class, batch_size
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.batches = batches_per_epoch(labels, per_class, batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        from bench.data.augment import epoch_generator
+
+        order = class_balanced_order(self.labels, self.per_class, self.batch_size,
+                                     epoch_generator(self.seed, self.epoch))
+        for batch in order.split(self.batch_size):
+            yield rank_share(batch, self.per_class, self.rank, self.world).tolist()

@@ -195,8 +195,9 @@ def check_builds(specs: list[RunSpec]) -> None:
                     raise UsageError(f"{c.method} on {c.backbone}: {err}") from None
                 raise UsageError(f"{c.method} with {c.backbone} cannot train on {c.dataset} "
                                  f"({size}x{size} images): {str(err).splitlines()[0]}") from None
-            view_recipes(method.view_augment() or c.data.view_augment, method.views,
-                         where=f"{c.method}'s view_augment" if method.view_augment() else f"data.view_augment ({c.method})")
+            own = method.view_augment()
+            view_recipes(own or c.data.view_augment, method.views,
+                         where=f"{c.method}'s view_augment" if own else f"data.view_augment ({c.method})")
             if not isinstance(method.headline, str) or method.headline not in method.eval_names():
                 raise UsageError(f"method {c.method}: its headline {method.headline!r} is not one of its eval models "
                                  f"({', '.join(method.eval_names())}); set headline to the one the paper reports")

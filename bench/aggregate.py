@@ -125,6 +125,7 @@ class Cell:
     p_value: float | None = None
     best: bool = False
     differs: list[str] = field(default_factory=list)  # RUNTIME names in which the cell's runs differ
+    protocols: list[str] = field(default_factory=list)  # the training recipes of the cell's runs
 
     @property
     def diff(self) -> float | None:
@@ -146,7 +147,8 @@ def build_table(collection: Collection, spec: TableSpec) -> tuple[list[str], lis
         cell = Cell(float(pd.Series(values).mean()), std, len(values))
         cell.differs = [name for name in RUNTIME if f"runtime_{name}" in group
                         and group[f"runtime_{name}"].nunique(dropna=False) > 1]
-        if ref is not None:
+        cell.protocols = sorted(set(group.protocol)) if "protocol" in group else ["common"]
+        if ref is not None and cell.protocols == ["common"]:  # the paper's numbers are the common protocol's
             cell.paper = _paper_value(ref, dataset, backbone, row, spec)
         if spec.significance and row != "vanilla":
             base = chosen[(chosen.row == "vanilla") & (chosen.dataset == dataset) & (chosen.backbone == backbone)]
@@ -185,6 +187,16 @@ def mixed_note(cells: dict) -> str | None:
             "seed noise alone (runs.csv lists each run's).")
 
 
+def protocol_note(cells: dict) -> str | None:
+    """The table's line naming the training recipe when it is not the common protocol (a preset such as
+    mcl-official, its authors' settings), or None."""
+    names = sorted({p for c in cells.values() for p in c.protocols})
+    if names in ([], ["common"]):
+        return None
+    return ("Training recipe: " + ", ".join(names) + (" (mixed within the table)" if len(names) > 1 else "")
+            + "; the common protocol's rows are not comparable with it.")
+
+
 def _has_paper(columns, rows, cells) -> dict:
     return {col: any(cells.get((r, col)) and cells[(r, col)].paper is not None for r in rows) for col in columns}
 
@@ -203,6 +215,8 @@ def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
             header += ["paper", "Δ"]
             align += ["---:", "---:"]
     lines = [f"**{spec.title()}**", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    if protocol_note(cells):
+        lines[1:1] = ["", protocol_note(cells)]
     for row in rows:
         out = [display_name(row)]
         for col in columns:
@@ -271,6 +285,8 @@ def to_latex(rows, columns, cells, spec: TableSpec) -> str:
     lines += [r"\bottomrule", r"\end{tabular}"]
     if mixed_note(cells):
         lines.append(f"% {mixed_note(cells)}")
+    if protocol_note(cells):
+        lines.append(f"% {protocol_note(cells)}")
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +294,7 @@ def to_csv(rows, columns, cells, spec: TableSpec) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["dataset", "backbone", "method", "measure", "mean", "std", "n", "paper", "diff", "p_vs_vanilla",
-                     "best", "runs_differ_in"])
+                     "best", "runs_differ_in", "protocol"])
     for row in rows:
         for col in columns:
             cell = cells.get((row, col))
@@ -289,7 +305,7 @@ def to_csv(rows, columns, cells, spec: TableSpec) -> str:
                              f"{cell.std:.4f}", cell.n, "" if cell.paper is None else f"{cell.paper:.2f}",
                              "" if cell.diff is None else f"{cell.diff:.4f}",
                              "" if cell.p_value is None else f"{cell.p_value:.4g}", int(cell.best),
-                             ";".join(cell.differs)])
+                             ";".join(cell.differs), ";".join(cell.protocols)])
     return buf.getvalue()
 
 

@@ -433,7 +433,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("speed", help="benchmark: harness vs reference-style training path, side by side")
-    p.add_argument("--methods", default="vanilla,dml,cl,one,okddip,pcl")
+    p.add_argument("--methods", default="vanilla,dml,cl,one,okddip,pcl,mcl,okdph")
     p.add_argument("--backbones", default="cifar_resnet32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--batch-size", type=int, default=128)

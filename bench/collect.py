@@ -195,7 +195,7 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         for model, final in summary["final"].items():
             best = summary.get("best", {}).get(model, {})
             row = {**ident, **runtime, "eval_model": model, "is_headline": model == headline,
-                   "base_method": summary["method"],
+                   "base_method": summary["method"], "protocol": str(summary.get("protocol") or "common"),
                    "variant": json.dumps(summary.get("variant") or {}, sort_keys=True),
                    "options": json.dumps(summary.get("options") or {}, sort_keys=True, default=str)}
             for epoch, values in (("final", final), ("best", best)):

@@ -104,6 +104,8 @@ class LoggingConfig(Settings):
 class TrainConfig(Settings):
     """Everything about one run except which grid cell it is."""
 
+    protocol: str = "common"  # the training recipe's name: common (the harness's shared protocol) or a preset's,
+    # e.g. mcl-official (its authors' settings); tables name it
     epochs: int = 300
     rampup_epochs: float | None = None  # KD ramp-up length in epochs; None: rampup_fraction of the run's epochs
     rampup_fraction: float = 80 / 300  # the paper's 80 of 300 epochs

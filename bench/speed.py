@@ -214,7 +214,8 @@ def harness_path(method_name: str, backbone: str, device: torch.device, batch_si
     def autocast():
         return autocast_context(device, amp_dtype)
 
-    graphs, streams = use_cuda_graphs(cuda_graphs, device), use_branch_streams(branch_streams, device)
+    graphs = use_cuda_graphs(cuda_graphs, device) and type(method).graphable  # as the trainer decides
+    streams = use_branch_streams(branch_streams, device)
     return TrainPath(name, method.train(), optim, lambda: batches, autocast, device, graphs, streams), batches
 
 

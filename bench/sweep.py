@@ -366,6 +366,10 @@ def schedule_line(sweep: SweepConfig) -> str:
         at = ", ".join(map(str, milestones)) or "none"
         lr_text = f"lr {sweep.optim.lr:g} x{sweep.optim.gamma:g} at epochs {at} ({how})"
     text = f"schedule: {sweep.epochs} epochs, {lr_text}; KD ramp-up over {rampup:g} epochs ({ramp_how})"
+    if sweep.data.sampler != "random":
+        text += f"; {sweep.data.sampler.replace('_', '-')} batches, {sweep.data.per_class} images per class"
+    if sweep.protocol != "common":
+        text += f"; recipe: {sweep.protocol}"
     late = [m for m in milestones if m >= sweep.epochs]
     if late:
         text += (f"\nwarning: lr milestone{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "

@@ -406,7 +406,7 @@ class Trainer:
                           "best": (self.history[best_epoch - 1].get("diversity") if best_epoch else None)},
             "versions": versions(),
             "display_name": type(self.method).display_name or cfg.method, "plugins": cfg.loaded_plugins,
-            "variant": cfg.variant, "row": variant_key(cfg.method, cfg.variant),
+            "variant": cfg.variant, "row": variant_key(cfg.method, cfg.variant), "protocol": cfg.protocol,
             "variant_label": variant_label(type(self.method).Options, cfg.variant),
             "default_headline": type(self.method).headline,
             "image_size": self.spec.image_size, "mean": list(self.spec.mean), "std": list(self.spec.std),

@@ -38,6 +38,7 @@ OFFICIAL_SETTINGS = {
     "cifar_densenet40_12": (1.0, 0.5, 0.5, 5, "batch"),
     "cifar_vgg16": (0.3, 0.3, 1.0, 1, "epoch"),
 }
+CODE_DEFAULTS = (0.8, 0.8, 0.5, 1, "epoch")  # src/OKDPH.py's argparse defaults: any other backbone
 
 
 @dataclass
@@ -52,8 +53,8 @@ class OKDPHOptions:
     hybrid: str = "mean"  # mean (r_i = 1/N) or dirichlet (r ~ Dir(1) each step)
     init: str = "identical"  # identical (as the official code) or different
     gradient: str = "code"  # code (no gradient through the HWM) or paper (through the hybrid weights, r_i-scaled)
-    settings: str = "given"  # given (the options above) or official (omega/beta/gamma/fusion of src/OKDPH.sh, by
-    # backbone)
+    settings: str = "given"  # given (the options above) or official (omega/beta/gamma/fusion of src/OKDPH.sh by
+    # backbone; other backbones: src/OKDPH.py's defaults 0.8/0.8/0.5, every epoch); the summary shows the values used
     view_augment: list[str] = field(default_factory=list, metadata={"label": "augment"})  # one recipe per network,
     # students then the HWM ([]: data.view_augment); official: [crop+flip+rotate:15, crop+flip+cutout:16,
     # crop+randaugment]
@@ -76,10 +77,7 @@ class OKDPH(OnlineKDMethod):
                 raise unknown(f"okdph.{key}", getattr(opts, key), valid)
         if opts.settings == "official":
             name = (getattr(backbone, "names", None) or [""])[0]
-            if name not in OFFICIAL_SETTINGS:
-                raise UsageError(f"okdph.settings=official knows {', '.join(OFFICIAL_SETTINGS)} (src/OKDPH.sh); for "
-                                 f"{name or 'this backbone'} set omega, beta, gamma and fusion_interval yourself")
-            omega, beta, gamma, g, unit = OFFICIAL_SETTINGS[name]
+            omega, beta, gamma, g, unit = OFFICIAL_SETTINGS.get(name, CODE_DEFAULTS)
             opts = dataclasses.replace(opts, omega=omega, beta=beta, gamma=gamma, fusion_interval=g, fusion_unit=unit)
         super().__init__(backbone, num_classes, opts)
         if opts.num_students < 2:

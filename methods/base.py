@@ -27,7 +27,8 @@ class Progress:
     step: int
     rampup_epochs: float = 80.0
     weight: Any = None  # w(e) as a device tensor (filled by the trainer) for steps replayed as CUDA graphs
-    batch: int = 0  # the batch's index within its epoch (0 first), e.g. OKDPH's fusion every g batches
+    batch: int = 0  # the batch's index within its epoch (0 first), e.g. OKDPH's fusion every g batches; a Python
+    # int, so read it only in a method with graphable = False (a CUDA graph would keep the value it was captured with)
 
     @property
     def rampup(self) -> Any:

@@ -212,3 +212,25 @@ def test_bad_sampler_and_recipe_settings_are_one_line_before_any_run(tmp_path, c
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_streamed_views_go_through_their_recipes_as_torchvision_transforms(tmp_path):
+    from PIL import Image
+
+    from bench.config import DatasetSource
+    from bench.data import torchvision_transform
+
+    spec = dataset_spec("cifar10", _data_cfg())
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    torch.manual_seed(0)
+    out = torchvision_transform(parse_recipe("crop+flip+rotate+cutout:8+randaugment"), spec, 32)(white)
+    assert out.shape == (3, 32, 32)
+    assert int((out == 0).all(0).sum()) >= 16  # the Cutout square, at least its quarter at a corner
+    root = write_image_folder(tmp_path / "images", classes=2, per_class=4, size=16)
+    cfg = dataclasses.replace(_data_cfg(), batch_size=4, workers=0, resident_gb=0.0,
+                              view_augment=["crop+flip", "cutout:32"])
+    folder_spec = dataset_spec("tiny", cfg, DatasetSource(kind="imagefolder", root=str(root)))
+    train, _, _ = build_loaders(folder_spec, cfg, 2, 0, CPU, False)
+    views, _ = next(train.epoch(0))
+    assert isinstance(train, FolderTrainLoader) and len(views) == 2
+    assert torch.equal(views[1], torch.zeros_like(views[1])) and not torch.equal(views[0], views[1])

@@ -151,6 +151,8 @@ def test_cutout_square_at_a_fixed_position():
     expected1[0:2, 5:8] = 0  # centre (0, 7): clipped at the top and right
     assert torch.equal(out[0, 0], expected0) and torch.equal(out[0, 2], expected0)
     assert torch.equal(out[1, 1], expected1)
+    per_channel = cutout(x, 4, torch.tensor([3, 0]), torch.tensor([5, 7]), torch.tensor([-1.0, -2.0, -3.0]))
+    assert torch.equal(per_channel[0, 2], torch.where(expected0 == 0, -3.0, 1.0))
 
 
 def test_recipes_parse_with_defaults_and_name_a_close_match():
@@ -172,7 +174,8 @@ def test_each_view_goes_through_its_own_recipe_on_the_device():
     idx = loader.order(epoch_generator(0, 0))[:16]
     plain = loader.normalize(split.images[idx])
     assert torch.equal(views[1], plain)  # digits do not flip: neither crop nor flip leaves the image as it is
-    assert torch.equal(views[2], torch.zeros_like(plain))  # a 16-px square over 8x8 images: all cut out
+    black = loader.normalize(torch.zeros_like(split.images[idx]))
+    assert torch.equal(views[2], black)  # a 16-px square over 8x8 images: all cut out, to black
     assert views[0].shape == views[3].shape == plain.shape and not torch.equal(views[3], plain)
 
 
@@ -225,12 +228,14 @@ def test_streamed_views_go_through_their_recipes_as_torchvision_transforms(tmp_p
     torch.manual_seed(0)
     out = torchvision_transform(parse_recipe("crop+flip+rotate+cutout:8+randaugment"), spec, 32)(white)
     assert out.shape == (3, 32, 32)
-    assert int((out == 0).all(0).sum()) >= 16  # the Cutout square, at least its quarter at a corner
+    black = torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)]).view(3, 1, 1)
+    assert int(torch.isclose(out, black.expand_as(out)).all(0).sum()) >= 16  # the Cutout square (or its quarter)
     root = write_image_folder(tmp_path / "images", classes=2, per_class=4, size=16)
     cfg = dataclasses.replace(_data_cfg(), batch_size=4, workers=0, resident_gb=0.0,
                               view_augment=["crop+flip", "cutout:32"])
     folder_spec = dataset_spec("tiny", cfg, DatasetSource(kind="imagefolder", root=str(root)))
-    train, _, _ = build_loaders(folder_spec, cfg, 2, 0, CPU, False)
+    train, _, folder_spec = build_loaders(folder_spec, cfg, 2, 0, CPU, False)
     views, _ = next(train.epoch(0))
     assert isinstance(train, FolderTrainLoader) and len(views) == 2
-    assert torch.equal(views[1], torch.zeros_like(views[1])) and not torch.equal(views[0], views[1])
+    black = torch.tensor([-m / s for m, s in zip(folder_spec.mean, folder_spec.std)]).view(1, 3, 1, 1)
+    assert torch.allclose(views[1], black.expand_as(views[1])) and not torch.equal(views[0], views[1])

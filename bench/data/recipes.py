@@ -6,8 +6,9 @@ and RandomHorizontalFlip), `crop+flip+rotate` or `crop+randaugment`. Ops and the
 - `crop`: the dataset's random crop (zero padding `pad`; RandomResizedCrop for ImageNet-style data);
 - `flip`: horizontal flip, where the dataset's protocol flips (not digits, not SVHN);
 - `rotate[:D]`: a random rotation in [-D, D] degrees (default 15), nearest, black fill (OKDPH's student 1);
-- `cutout[:L]`: one L x L square set to 0 after normalisation, centred anywhere (DeVries & Taylor, 2017; default
-  half the image side, 16 at 32 px; OKDPH's student 2);
+- `cutout[:L]`: one L x L square, centred anywhere and clipped to the image, set to black (DeVries & Taylor, 2017;
+  default half the image side, 16 at 32 px; OKDPH's student 2: its code cuts before normalising, hence black; the
+  original code cut after, to the mean colour);
 - `randaugment[:N:M]`: RandAugment (Cubuk et al., 2020), N ops at magnitude M of 31 bins (default 2 and 9, as
   torchvision), the 14 ops of torchvision's RandAugment (OKDPH's hybrid-weight model).
 
@@ -103,17 +104,19 @@ def rotate(x: Tensor, degrees: Tensor, fill: Tensor) -> Tensor:
     return (out + fill.view(1, -1, 1, 1)).to(x.dtype)
 
 
-def cutout(x: Tensor, length: int, centre_y: Tensor, centre_x: Tensor) -> Tensor:
-    """Cutout: the square [cy - L/2, cy + L/2) x [cx - L/2, cx + L/2), clipped to the image, set to 0 (on the
-    normalised image, as the reference code)."""
+def cutout(x: Tensor, length: int, centre_y: Tensor, centre_x: Tensor, fill: Tensor | float = 0.0) -> Tensor:
+    """Cutout: the square [cy - L/2, cy + L/2) x [cx - L/2, cx + L/2), clipped to the image, set to `fill` (a value,
+    or one per channel)."""
     _, _, h, w = x.shape
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
     cy, cx = centre_y.to(x.device)[:, None], centre_x.to(x.device)[:, None]
     in_y = (ys >= cy - length // 2) & (ys < cy + length - length // 2)
     in_x = (xs >= cx - length // 2) & (xs < cx + length - length // 2)
-    mask = in_y[:, :, None] & in_x[:, None, :]
-    return x.masked_fill(mask[:, None], 0.0)
+    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]
+    if isinstance(fill, Tensor):
+        return torch.where(mask, fill.to(x.device, x.dtype).view(1, -1, 1, 1), x)
+    return x.masked_fill(mask, fill)
 
 
 def _randaugment_op(x01: Tensor, op: str, magnitude: float, signed: bool) -> Tensor:
@@ -181,7 +184,7 @@ def apply_extras(x: Tensor, recipe: Recipe, mean: Tensor, std: Tensor, gen: torc
         elif op == "cutout":
             length = args[0] if args else max(1, h // 2)
             cy, cx = torch.randint(0, h, (b,), generator=gen), torch.randint(0, w, (b,), generator=gen)
-            x = cutout(x, length, cy, cx)
+            x = cutout(x, length, cy, cx, (-mean / std).to(x.dtype))  # black, normalised
         elif op == "randaugment":
             n, m = (list(args) + [2, 9][len(args):])[:2]
             x = randaugment(x, n, m, mean, std, gen)
@@ -193,7 +196,8 @@ def apply_extras(x: Tensor, recipe: Recipe, mean: Tensor, std: Tensor, gen: torc
 
 
 class Cutout:
-    """Cutout on a normalised CHW tensor (a torchvision transform), torch's RNG of the loader worker."""
+    """Cutout on a CHW tensor in [0, 1], before normalising (a torchvision transform; torch's RNG of the loader
+    worker): black."""
 
     def __init__(self, length: int) -> None:
         self.length = length
@@ -217,7 +221,7 @@ def torchvision_transform(recipe: Recipe, spec, size: int):
             ops.append(transforms.RandomCrop(size, padding=spec.pad))
     if recipe.flip and spec.flip:
         ops.append(transforms.RandomHorizontalFlip())
-    after = []
+    cut = []
     for op, args in recipe.extras:
         if op == "rotate":
             ops.append(transforms.RandomRotation(float(args[0]) if args else 15.0))
@@ -225,5 +229,5 @@ def torchvision_transform(recipe: Recipe, spec, size: int):
             n, m = (list(args) + [2, 9][len(args):])[:2]
             ops.append(transforms.RandAugment(num_ops=n, magnitude=m))
         elif op == "cutout":
-            after.append(Cutout(args[0] if args else max(1, size // 2)))
-    return transforms.Compose([*ops, transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std), *after])
+            cut.append(Cutout(args[0] if args else max(1, size // 2)))
+    return transforms.Compose([*ops, transforms.ToTensor(), *cut, transforms.Normalize(spec.mean, spec.std)])

@@ -327,15 +327,16 @@ def test_cancel_sigterm_and_ctrl_c_stop_every_process_of_a_local_sweep_and_it_re
     Each time, within seconds, no process of the sweep is left (walking /proc), the run's lock is free, no traceback
     is printed; the run then resumes to the uninterrupted result."""
     grid = ["--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
-            "--epochs", "5", "--no-progress", "compute.threads=1"]
+            "--epochs", "6", "--no-progress", "compute.threads=1"]
     out = tmp_path / "sweep"
     folder = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", 0)
     env = {**os.environ, "OKD_BENCH_SLOW_WRITE_S": "0.3"}
     command = [sys.executable, "-m", "bench.cli", "run", *grid, "--launcher", "local", "--out", str(out)]
     for stop_by, epoch in (("cancel", 1), ("sigterm", 2), ("ctrl-c", 3)):
+        before = len(records.load_metrics(folder)) if (folder / runs.METRICS).exists() else 0
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=ROOT, start_new_session=True)
-        _wait_for_epoch(folder, proc, epoch)
+        _wait_for_epoch(folder, proc, max(epoch, before + 1))  # an epoch of this launcher's job, never a former one's
         t0 = time.time()
         if stop_by == "cancel":
             assert main(["cancel", str(out)]) == 0

@@ -50,15 +50,24 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
             raise
 
 
-def restore_sigint() -> None:
+def restore_sigint(live: bool = True) -> None:
     """In a job's process: SIGINT raises KeyboardInterrupt again (the local launcher starts jobs with it ignored, so
     that submitit's controller never prints a traceback), so a stop unwinds the run: lock released, trackers
-    flushed."""
+    flushed. `live` False: the launcher itself ignores SIGINT (e.g. started as a background job, `bench run &`, whose
+    shell ignores it there): the job keeps ignoring it too, so an interrupt meant for the foreground never kills the
+    run while its launcher carries on."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
+    if live and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def sigint_live() -> bool:
+    """Whether SIGINT interrupts this process (False when it was started with SIGINT ignored, as a background job)."""
+    import signal
+
+    return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 @contextlib.contextmanager
@@ -85,14 +94,16 @@ class RunJob(submitit.helpers.Checkpointable):
     threads: int | None = None
     gpu: int | None = None
     runs_per_device: int = 1
+    sigint: bool = True  # whether SIGINT interrupts the launcher (and so the job)
 
-    def __init__(self, threads: int | None = None, gpu: int | None = None, runs_per_device: int = 1) -> None:
-        self.threads, self.gpu, self.runs_per_device = threads, gpu, runs_per_device
+    def __init__(self, threads: int | None = None, gpu: int | None = None, runs_per_device: int = 1,
+                 sigint: bool = True) -> None:
+        self.threads, self.gpu, self.runs_per_device, self.sigint = threads, gpu, runs_per_device, sigint
 
     def __call__(self, spec: RunSpec) -> dict[str, Any]:
         import torch
 
-        restore_sigint()
+        restore_sigint(self.sigint)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))  # compute.threads wins in setup
         if threads:
             torch.set_num_threads(threads)
@@ -109,7 +120,8 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, spec: RunSpec) -> submitit.helpers.DelayedSubmission:
         # the trainer checkpoints at every epoch boundary: resubmitting the same run resumes from there
-        return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.gpu, self.runs_per_device), spec)
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads, self.gpu, self.runs_per_device, self.sigint),
+                                                  spec)
 
 
 def run_or_skip(spec: RunSpec, job_id: str | None, runs_per_device: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from bench import runs
-from bench.jobs import ALREADY_RUNNING, RunJob, execute_run, sigint_ignored
+from bench.jobs import ALREADY_RUNNING, RunJob, execute_run, sigint_ignored, sigint_live
 from bench.manifest import JOB_RECORD, rel, update_manifest
 from bench.outcomes import _job_result, _print_result, dependency_state, finish_job, print_blocked
 from bench.sweep import RunSpec
@@ -55,6 +55,7 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
     threads = max(1, (os.cpu_count() or 1) // (len(slots) * opts.tasks_per_node))
     pending, running, failed, finished = list(todo), {}, 0, 0
     t0, free = {}, list(range(len(slots)))
+    live = sigint_live()  # read before any submit ignores SIGINT for a moment
     try:
         while pending or running:
             in_flight = {spec.folder for spec in pending} | {entry[1].folder for entry in running.values()}
@@ -71,7 +72,7 @@ def launch_local(todo: list[RunSpec], out: Path, opts: LaunchOptions) -> int:
                 spec, slot = ready.pop(0), free.pop(0)
                 pending.remove(spec)
                 with sigint_ignored():
-                    job = executor.submit(RunJob(threads, slots[slot], k), spec)
+                    job = executor.submit(RunJob(threads, slots[slot], k, sigint=live), spec)
                 record = {"launcher": "local", "job_id": job.job_id,
                           "process": runs.process_identity(int(job.job_id))}
                 running[job.job_id] = (job, spec, slot, record["process"])

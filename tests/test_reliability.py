@@ -322,20 +322,29 @@ def _wait_for_epoch(folder: Path, proc: subprocess.Popen, done: int) -> None:
         time.sleep(0.1)
 
 
+def _with_sigint(disposition):
+    """A Popen preexec_fn: the child starts with SIGINT at `disposition` (SIG_DFL as in a terminal's foreground,
+    SIG_IGN as a background job), whatever the test process was started with."""
+    return lambda: signal.signal(signal.SIGINT, disposition)
+
+
 def test_cancel_sigterm_and_ctrl_c_stop_every_process_of_a_local_sweep_and_it_resumes_exactly(tmp_path):
     """Real processes: `bench cancel` on a live local sweep, SIGTERM to its launcher, Ctrl-C to its process group.
     Each time, within seconds, no process of the sweep is left (walking /proc), the run's lock is free, no traceback
-    is printed; the run then resumes to the uninterrupted result."""
+    is printed; the run then resumes to the uninterrupted result. A launcher started with SIGINT ignored (a background
+    job) ignores the group's SIGINT, and so do its jobs: the run trains on."""
     grid = ["--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
-            "--epochs", "6", "--no-progress", "compute.threads=1"]
+            "--epochs", "12", "--no-progress", "compute.threads=1"]
     out = tmp_path / "sweep"
     folder = runs.run_dir(out, "digits", "cifar_resnet8", "vanilla", 0)
     env = {**os.environ, "OKD_BENCH_SLOW_WRITE_S": "0.3"}
     command = [sys.executable, "-m", "bench.cli", "run", *grid, "--launcher", "local", "--out", str(out)]
-    for stop_by, epoch in (("cancel", 1), ("sigterm", 2), ("ctrl-c", 3)):
+    for stop_by, epoch in (("cancel", 1), ("sigterm", 2), ("ctrl-c", 3), ("ctrl-c in the background", 4)):
+        background = stop_by.endswith("background")
         before = len(records.load_metrics(folder)) if (folder / runs.METRICS).exists() else 0
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=ROOT, start_new_session=True,
+                                preexec_fn=_with_sigint(signal.SIG_IGN if background else signal.SIG_DFL))
         _wait_for_epoch(folder, proc, max(epoch, before + 1))  # an epoch of this launcher's job, never a former one's
         t0 = time.time()
         if stop_by == "cancel":
@@ -344,14 +353,18 @@ def test_cancel_sigterm_and_ctrl_c_stop_every_process_of_a_local_sweep_and_it_re
             proc.send_signal(signal.SIGTERM)
         else:
             os.killpg(proc.pid, signal.SIGINT)
+        if background:  # ignored by every process of the sweep: the run trains another epoch, then SIGTERM stops it
+            _wait_for_epoch(folder, proc, len(records.load_metrics(folder)) + 1)
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert time.time() - t0 < 20, f"{stop_by}: took {time.time() - t0:.0f} s"
         time.sleep(0.5)
         assert _sweep_processes(out) == [], f"{stop_by}: processes of the sweep survive"
         assert "Traceback" not in err, err
         if stop_by != "cancel":
-            expected = "terminated (SIGTERM)" if stop_by == "sigterm" else "interrupted"
-            assert proc.returncode == (143 if stop_by == "sigterm" else 130), err
+            expected = "interrupted" if stop_by == "ctrl-c" else "terminated (SIGTERM)"
+            assert proc.returncode == (130 if stop_by == "ctrl-c" else 143), err
             assert expected in err and "stopped 1 running job" in err, err
         with runs.FileLock(folder / runs.LOCK_FILE, blocking=False):  # nobody holds the run
             pass
@@ -361,7 +374,7 @@ def test_cancel_sigterm_and_ctrl_c_stop_every_process_of_a_local_sweep_and_it_re
     assert main(["run", *grid, "--launcher", "inline", "--out", str(reference)]) == 0
     ref_folder = runs.run_dir(reference, "digits", "cifar_resnet8", "vanilla", 0)
     assert _numbers(records.load_metrics(folder)) == _numbers(records.load_metrics(ref_folder))
-    assert len(json.loads((folder / runs.SUMMARY).read_text())["resumes"]) >= 3
+    assert len(json.loads((folder / runs.SUMMARY).read_text())["resumes"]) >= 4
 
 
 def test_a_finished_sweep_leaves_no_launcher_to_signal(tmp_path):

@@ -23,6 +23,12 @@ from bench.errors import UsageError
 BRANCH_SHARE = 0.10  # the default split leaves at least this share of the feature parameters to the branch
 
 
+def head_outputs(model: nn.Module, feature_map: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits, pooled feature) of a timm model's feature map. The head runs twice (cheap: a pooling), since some
+    classifiers are convolutions on an unflattened pool (DLA)."""
+    return model.forward_head(feature_map), model.forward_head(feature_map, pre_logits=True)
+
+
 class Trunk(nn.Module):
     """The modules of a model before the split point, applied in order (plus a family's own stem step)."""
 
@@ -55,9 +61,8 @@ class Branch(nn.Module):
         return x
 
     def head(self, feature_map: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, pooled feature) of a feature map. The head runs twice (cheap: a pooling), since some
-        classifiers are convolutions on an unflattened pool (DLA)."""
-        return self.model.forward_head(feature_map), self.model.forward_head(feature_map, pre_logits=True)
+        """(logits, pooled feature) of a feature map (`head_outputs`)."""
+        return head_outputs(self.model, feature_map)
 
     def features(self, x: Tensor) -> Tensor:
         return self.model.forward_head(self.feature_map(x), pre_logits=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.branching import split_points
+from backbones.branching import head_outputs, split_points
 from bench.errors import UsageError
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
@@ -108,11 +108,7 @@ class MCL(OnlineKDMethod):
         """(logits, pooled feature) of every network on `x`."""
         if self.opts.shared_trunk:
             return self.body.run_branches(self.body.trunk(x))
-        out = []
-        for net in self.nets:
-            feature_map = net.forward_features(x)
-            out.append((net.forward_head(feature_map), net.forward_head(feature_map, pre_logits=True)))
-        return out
+        return [head_outputs(net, net.forward_features(x)) for net in self.nets]
 
     def losses(self, views: list[Tensor], target: Tensor, progress: Progress) -> dict[str, Tensor]:
         o = self.opts

@@ -51,6 +51,30 @@ def skip_cifar_md5(monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
 
 
+def exported_top1_error(weights: Path, folder: Path) -> float:
+    """The top-1 error (%) on the run's test split of what `bench export` wrote to `weights` (safetensors beside its
+    .json), loaded strictly into the plain timm model its json names."""
+    import json
+
+    import safetensors.torch
+    import timm
+
+    from bench import records
+    from bench.data import build_eval_loader, run_dataset, with_statistics
+
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    model = timm.create_model(meta["backbone"], **meta["timm_kwargs"]).eval()
+    model.load_state_dict(safetensors.torch.load_file(weights))
+    config = records.load_config(folder)
+    spec = with_statistics(run_dataset(config), config.data)
+    wrong = n = 0
+    with torch.no_grad():
+        for x, y in build_eval_loader(spec, config.data, torch.device("cpu"), channels_last=False):
+            wrong += int((model(x).argmax(1) != y).sum())
+            n += len(y)
+    return 100.0 * wrong / n
+
+
 def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40) -> Path:
     """A tiny ImageFolder tree of real PNG files: root/{train,val}/<class>/<i>.png."""
     from PIL import Image

@@ -163,26 +163,14 @@ def test_the_teacher_trains_once_then_the_students_and_one_table_labels_them(swe
 
 @pytest.mark.parametrize("method", ["kd", "dml", "switokd"])
 def test_each_student_exports_as_a_plain_student_network_reproducing_its_error(sweep, method, tmp_path):
-    import safetensors.torch
-    import timm
-
-    from bench.data import build_eval_loader, run_dataset, with_statistics
+    from tests.conftest import exported_top1_error
 
     folder = runs.run_dir(sweep, "digits", PAIR, method, 0)
     out = tmp_path / "student.safetensors"
     assert main(["export", str(folder), "--out", str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["backbone"] == "cifar_resnet8"
-    model = timm.create_model("cifar_resnet8", **meta["timm_kwargs"]).eval()
-    model.load_state_dict(safetensors.torch.load_file(out))
-    config = records.load_config(folder)
-    spec = with_statistics(run_dataset(config), config.data)
-    wrong = n = 0
-    with torch.no_grad():
-        for x, y in build_eval_loader(spec, config.data, torch.device("cpu"), channels_last=False):
-            wrong += int((model(x).argmax(1) != y).sum())
-            n += len(y)
-    assert 100.0 * wrong / n == pytest.approx(meta["top1_error"])
+    assert exported_top1_error(out, folder) == pytest.approx(meta["top1_error"])
 
 
 def test_a_killed_teacher_and_a_killed_student_resume(tmp_path):

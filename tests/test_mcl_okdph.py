@@ -235,11 +235,9 @@ def test_okdph_official_settings_follow_the_backbone():
 def test_mcl_and_okdph_train_digits_and_export_plain_networks_that_reproduce_their_error(tmp_path, capsys):
     import json
 
-    import safetensors.torch
-
-    from bench import records, runs
+    from bench import runs
     from bench.cli import main
-    from bench.data import build_eval_loader, run_dataset, with_statistics
+    from tests.conftest import exported_top1_error
 
     out = tmp_path / "sweep"
     assert main(["run", "--methods", "mcl,okdph", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds",
@@ -250,17 +248,8 @@ def test_mcl_and_okdph_train_digits_and_export_plain_networks_that_reproduce_the
         assert summary["final"]["net0"]["top1_error"] < 50.0, method
         target = tmp_path / f"{method}.safetensors"
         assert main(["export", str(folder), "--out", str(target)]) == 0
-        meta = json.loads(target.with_suffix(".json").read_text())
-        model = timm.create_model(meta["backbone"], **meta["timm_kwargs"]).eval()
-        model.load_state_dict(safetensors.torch.load_file(target))  # strict: no embedding head, no HWM
-        config = records.load_config(folder)
-        spec = with_statistics(run_dataset(config), config.data)
-        wrong = n = 0
-        with torch.no_grad():
-            for x, y in build_eval_loader(spec, config.data, torch.device("cpu"), channels_last=False):
-                wrong += int((model(x).argmax(1) != y).sum())
-                n += len(y)
-        assert 100.0 * wrong / n == pytest.approx(summary["final"]["net0"]["top1_error"])
+        # loaded strictly: no embedding head, no HWM in the file
+        assert exported_top1_error(target, folder) == pytest.approx(summary["final"]["net0"]["top1_error"])
     okdph = json.loads((runs.run_dir(out, "digits", "cifar_resnet8", "okdph", 0) / runs.SUMMARY).read_text())
     assert "hwm" in okdph["final"] and okdph["protocol"] == "common"
     capsys.readouterr()

@@ -59,18 +59,22 @@ def class_balanced_order(labels: Tensor, per_class: int, batch_size: int, gen: t
     """An epoch's image indices, batch after batch: each batch is `batch_size // per_class` distinct classes with
     `per_class` images each (consecutive), every image at most once; the images left over are not used this epoch."""
     labels = labels.cpu()
-    num_classes = int(labels.max()) + 1 if len(labels) else 0
-    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
-    by_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in by_class]
-    rounds = balanced_rounds(np.array([len(i) for i in by_class]), per_class, batch_size // per_class, gen)
-    taken = np.zeros(num_classes, dtype=np.int64)
-    out = []
-    for chosen in rounds:
-        for c in chosen:
-            start = taken[c] * per_class
-            out.append(by_class[c][start:start + per_class])
-            taken[c] += 1
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    counts = torch.bincount(labels) if len(labels) else torch.zeros(0, dtype=torch.long)
+    grouped = torch.argsort(labels, stable=True)  # each class's images in index order, class after class
+    by_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in grouped.split(counts.tolist())]
+    rounds = balanced_rounds(counts.numpy(), per_class, batch_size // per_class, gen)
+    if not rounds:
+        return torch.zeros(0, dtype=torch.long)
+    chosen = torch.from_numpy(np.concatenate(rounds))  # the class of each group of `per_class`, in batch order
+    # the how-many-th group of its class each one is: its rank among the earlier groups of the same class
+    ranked = torch.argsort(chosen, stable=True)
+    uses = torch.bincount(chosen, minlength=len(counts))
+    starts = torch.cumsum(uses, 0) - uses
+    nth = torch.empty_like(chosen)
+    nth[ranked] = torch.arange(len(chosen)) - starts[chosen[ranked]]
+    offsets = torch.cumsum(counts, 0) - counts  # where each class starts in the concatenated permutations
+    first = offsets[chosen] + nth * per_class
+    return torch.cat(by_class)[(first[:, None] + torch.arange(per_class)).reshape(-1)]
 
 
 def batches_per_epoch(labels: Tensor, per_class: int, batch_size: int) -> int:

@@ -21,10 +21,8 @@ recipes), `samplers` (the order of an epoch's images), `loaders` (the training a
 
 from bench.data.augment import *  # noqa: F401,F403
 from bench.data.folders import *  # noqa: F401,F403
-from bench.data.folders import _decode, _first_image_size, _load_listed  # noqa: F401
 from bench.data.loaders import *  # noqa: F401,F403
 from bench.data.recipes import *  # noqa: F401,F403
 from bench.data.samplers import *  # noqa: F401,F403
 from bench.data.sources import *  # noqa: F401,F403
 from bench.data.spec import *  # noqa: F401,F403
-from bench.data.spec import write_cache as _write_cache  # noqa: F401

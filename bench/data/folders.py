@@ -148,7 +148,7 @@ def listing_key(lst: ImageList, *extra: Any) -> str:
 
 
 
-def _decode(path: str, size: int) -> np.ndarray:
+def decode_image(path: str, size: int) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -177,7 +177,7 @@ def decode_image_list(lst: ImageList, size: int) -> TensorSplit:
         except Exception:  # a damaged cache file is rebuilt
             pass
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(lambda s: _decode(s[0], size), lst.samples, chunksize=64))
+        arrays = list(pool.map(lambda s: decode_image(s[0], size), lst.samples, chunksize=64))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in lst.samples], dtype=torch.long)
     write_cache(path, save({"images": images, "labels": labels}))
@@ -189,7 +189,7 @@ def resident_bytes(count: int, size: int, pad: int) -> int:
     return count * (size + 2 * pad) ** 2 * 3 * 4
 
 
-def _load_listed(scan: Callable[[bool], ImageList], size: int, pad: int, data_cfg, train: bool):
+def load_listed(scan: Callable[[bool], ImageList], size: int, pad: int, data_cfg, train: bool):
     """A listed dataset's split: held whole when it fits `data.resident_gb`, else streamed."""
     lst = scan(train)
     if resident_bytes(len(lst.samples), size, pad) <= float(data_cfg.resident_gb) * 1e9:
@@ -198,10 +198,10 @@ def _load_listed(scan: Callable[[bool], ImageList], size: int, pad: int, data_cf
 
 
 def load_tinyimagenet(root: Path, name: str, data_cfg, train: bool, size: int, pad: int = 8):
-    return _load_listed(lambda t: scan("tinyimagenet", str(root), name, t), size, pad, data_cfg, train)
+    return load_listed(lambda t: scan("tinyimagenet", str(root), name, t), size, pad, data_cfg, train)
 
 
-def _first_image_size(lst: ImageList) -> int:
+def first_image_size(lst: ImageList) -> int:
     from PIL import Image
 
     try:

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.folders import (
-    _decode,
-    _first_image_size,
-    _load_listed,
     check_image_lists,
+    decode_image,
+    first_image_size,
     listing_key,
+    load_listed,
     load_tinyimagenet,
     scan,
 )
@@ -139,12 +139,12 @@ def source_spec(name: str, source, data_cfg) -> DatasetSpec:
     image."""
     root = Path(source.root)
     train = scan(source.kind, source.root, name, True)
-    size = int(data_cfg.image_size or 0) or int(source.image_size or 0) or _first_image_size(train)
+    size = int(data_cfg.image_size or 0) or int(source.image_size or 0) or first_image_size(train)
     pad = source.pad if source.pad >= 0 else size // 8
     mean = tuple(source.mean) if source.mean else None
     std = tuple(source.std) if source.std else None
     return DatasetSpec(name, len(train.classes), size, mean, std, pad=pad, flip=source.flip,
-                       load=lambda cfg, is_train: _load_listed(lambda t: scan(source.kind, source.root, name, t), size,
+                       load=lambda cfg, is_train: load_listed(lambda t: scan(source.kind, source.root, name, t), size,
                                                                pad, cfg, is_train),
                        description=f"{source.kind} at {root}", stats_key=f"{source.kind}:{root}")
 
@@ -210,7 +210,7 @@ def channel_statistics(source: TensorSplit | ImageList | Path, size: int) -> tup
     if isinstance(source, TensorSplit):
         chunks = (source.images[i:i + 4096].numpy() for i in range(0, len(source.images), 4096))
     else:
-        chunks = (_decode(p, size).transpose(2, 0, 1)[None] for p, _ in source.samples)
+        chunks = (decode_image(p, size).transpose(2, 0, 1)[None] for p, _ in source.samples)
     for chunk in chunks:
         x = chunk.astype(np.float64) / 255.0
         total += x.sum(axis=(0, 2, 3))

@@ -58,8 +58,10 @@ class Normalize:
     (no copy), or contiguous NCHW when `channels_last` is off."""
 
     def __init__(self, mean, std, device: torch.device, channels_last: bool) -> None:
-        self.scale = 1.0 / (255.0 * torch.tensor(std, device=device))
-        self.shift = torch.tensor(mean, device=device) / torch.tensor(std, device=device)
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32)
+        self.std = torch.tensor(std, device=device, dtype=torch.float32)
+        self.scale = 1.0 / (255.0 * self.std)
+        self.shift = self.mean / self.std
         self.channels_last = channels_last
 
     def nhwc(self, images: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from bench.data.augment import Normalize, crop_flip_nhwc, epoch_generator, pad_nhwc
 from bench.data.recipes import Recipe, apply_extras, torchvision_transform, view_recipes
-from bench.data.samplers import ClassBalancedBatches, batches_per_epoch, class_balanced_order, rank_share
+from bench.data.samplers import ClassBalancedBatches, batches_per_epoch, rank_batches
 from bench.data.sources import dataset_spec, resize_split, with_statistics
 from bench.data.spec import DatasetSpec, ImageList, TensorSplit
 from bench.errors import UsageError
@@ -44,8 +44,6 @@ class TensorTrainLoader:
         self.global_batch = batch_size
         self.batch_size = max(1, batch_size // world)
         self.recipes = recipes or view_recipes(None, views)
-        self.mean = torch.tensor(spec.mean, device=device, dtype=torch.float32)
-        self.std = torch.tensor(spec.std, device=device, dtype=torch.float32)
         self.sampler, self.per_class = sampler, per_class
         self.balanced_batches = (batches_per_epoch(self.labels_cpu, per_class, batch_size)
                                  if sampler == "class_balanced" else 0)
@@ -63,10 +61,8 @@ class TensorTrainLoader:
     def order(self, gen: torch.Generator) -> Tensor:
         """This rank's indices of the epoch, batch after batch."""
         if self.sampler == "class_balanced":
-            order = class_balanced_order(self.labels_cpu, self.per_class, self.global_batch, gen)
-            order = torch.cat([rank_share(b, self.per_class, self.rank, self.world)
-                               for b in order.split(self.global_batch)]) if len(order) else order
-            return order.to(self.device)
+            batches = rank_batches(self.labels_cpu, self.per_class, self.global_batch, gen, self.rank, self.world)
+            return (torch.cat(batches) if batches else torch.zeros(0, dtype=torch.long)).to(self.device)
         order = torch.randperm(len(self.labels), generator=gen).to(self.device)
         return order[self.rank::self.world][: self.num_samples] if self.world > 1 else order
 
@@ -94,7 +90,8 @@ class TensorTrainLoader:
         if not recipe.extras:
             return x
         memory_format = torch.channels_last if self.normalize.channels_last else torch.contiguous_format
-        return apply_extras(x, recipe, self.mean, self.std, gen).contiguous(memory_format=memory_format)
+        mean, std = self.normalize.mean, self.normalize.std
+        return apply_extras(x, recipe, mean, std, gen).contiguous(memory_format=memory_format)
 
 
 class TensorEvalLoader:

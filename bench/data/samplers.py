@@ -83,11 +83,14 @@ def batches_per_epoch(labels: Tensor, per_class: int, batch_size: int) -> int:
     return len(balanced_rounds(counts, per_class, batch_size // per_class))
 
 
-def rank_share(batch: Tensor, per_class: int, rank: int, world: int) -> Tensor:
-    """This rank's part of a class-balanced batch: its classes rank, rank + world, ... with all their images."""
+def rank_batches(labels: Tensor, per_class: int, batch_size: int, gen: torch.Generator, rank: int = 0,
+                 world: int = 1) -> list[Tensor]:
+    """The epoch's class-balanced batches (`class_balanced_order`), each cut to this rank's part: its classes rank,
+    rank + world, ... with all their images."""
+    batches = class_balanced_order(labels, per_class, batch_size, gen).split(batch_size)
     if world == 1:
-        return batch
-    return batch.view(-1, per_class)[rank::world].reshape(-1)
+        return list(batches)
+    return [batch.view(-1, per_class)[rank::world].reshape(-1) for batch in batches]
 
 
 class ClassBalancedBatches(torch.utils.data.Sampler):
@@ -109,7 +112,6 @@ class ClassBalancedBatches(torch.utils.data.Sampler):
     def __iter__(self):
         from bench.data.augment import epoch_generator
 
-        order = class_balanced_order(self.labels, self.per_class, self.batch_size,
-                                     epoch_generator(self.seed, self.epoch))
-        for batch in order.split(self.batch_size):
-            yield rank_share(batch, self.per_class, self.rank, self.world).tolist()
+        for batch in rank_batches(self.labels, self.per_class, self.batch_size, epoch_generator(self.seed, self.epoch),
+                                  self.rank, self.world):
+            yield batch.tolist()

@@ -216,8 +216,8 @@ def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
             header += ["paper", "Δ"]
             align += ["---:", "---:"]
     lines = [f"**{spec.title()}**", "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    if protocol_note(cells):
-        lines[1:1] = ["", protocol_note(cells)]
+    if recipe := protocol_note(cells):
+        lines[1:1] = ["", recipe]
     for row in rows:
         out = [display_name(row)]
         for col in columns:
@@ -232,8 +232,8 @@ def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
         lines += ["", "n: number of seeds where the counts differ."]
     if spec.significance:
         lines += ["", "†: differs from Vanilla, Welch's t-test p < 0.05 over seeds."]
-    if mixed_note(cells):
-        lines += ["", mixed_note(cells)]
+    if mixed := mixed_note(cells):
+        lines += ["", mixed]
     for row in rows:
         if row in FALLBACKS:
             lines += ["", f"{display_name(row)} reports {FALLBACKS[row][0]}: its method's usual model, "
@@ -284,10 +284,7 @@ def to_latex(rows, columns, cells, spec: TableSpec) -> str:
                 out.append("" if cell is None or cell.diff is None else f"{cell.diff:+.2f}")
         lines.append(" & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    if mixed_note(cells):
-        lines.append(f"% {mixed_note(cells)}")
-    if protocol_note(cells):
-        lines.append(f"% {protocol_note(cells)}")
+    lines += [f"% {note}" for note in (mixed_note(cells), protocol_note(cells)) if note]
     return "\n".join(lines) + "\n"
 
 

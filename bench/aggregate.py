@@ -169,7 +169,7 @@ def build_table(collection: Collection, spec: TableSpec) -> tuple[list[str], lis
 
 
 def _fmt(cell: Cell, show_n: bool) -> str:
-    text = f"{cell.mean:.2f} ± {cell.std:.2f}"
+    text = f"{cell.mean:.2f}" if cell.n == 1 else f"{cell.mean:.2f} ± {cell.std:.2f}"  # one seed has no spread
     if show_n:
         text += f" (n={cell.n})"
     if cell.p_value is not None and cell.p_value < 0.05:
@@ -273,7 +273,8 @@ def to_latex(rows, columns, cells, spec: TableSpec) -> str:
             if cell is None:
                 out.append("--")
             else:
-                text = f"{cell.mean:.2f} $\\pm$ {cell.std:.2f}" + (f" ({cell.n})" if show_n else "")
+                text = (f"{cell.mean:.2f}" if cell.n == 1 else f"{cell.mean:.2f} $\\pm$ {cell.std:.2f}") + (
+                    f" ({cell.n})" if show_n else "")
                 if cell.p_value is not None and cell.p_value < 0.05:
                     text += r"$^\dagger$"
                 if cell.differs:

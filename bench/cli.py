@@ -6,14 +6,38 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.errors import NoResults, UsageError, unknown
+from bench.errors import NoResults, UsageError, did_you_mean, unknown
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one-line UsageErrors instead of exiting with usage text."""
+    """argparse that reports bad arguments as one-line UsageErrors instead of exiting with usage text, and reads the
+    command line as written: a long flag only by its full name (`--epoch` is not `--epochs`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def flags(self) -> list[str]:
+        return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments as written: `key=value` overrides anywhere among a command's options (argparse takes only the
+    first group as its positional list; the rest joins it, in order); anything else it does not know is one line with
+    the closest flag."""
+    args, extra = parser.parse_known_args(argv)
+    command = getattr(args, "_parser", parser)
+    for item in extra:
+        if hasattr(args, "overrides") and not item.startswith("-") and "=" in item:
+            args.overrides.append(item)
+            continue
+        name = item.split("=", 1)[0]
+        hint = did_you_mean(name, command.flags()) if name.startswith("--") else ""
+        raise UsageError(f"unrecognized argument '{item}'{hint} (see '{command.prog} --help')")
+    return args
 
 
 def parse_names(text: str, what: str) -> list[str]:
@@ -48,7 +72,10 @@ def add_grid_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", help="comma-separated non-negative integers, e.g. 0,1,2")
     g.add_argument("--epochs", type=int, help="training epochs of every run")
     g.add_argument("--out", help="results folder of the sweep (default: the preset's, e.g. results/demo)")
-    g.add_argument("--preset", help="demo, paper or imagenet (default: from the datasets)")
+    from bench.config import preset_names
+
+    g.add_argument("--preset", help=f"{', '.join(preset_names())} (default: from the datasets: digits -> demo, "
+                                    "ImageNet -> imagenet, any other -> paper)")
     o = p.add_argument_group("more")
     o.add_argument("--config", help="a YAML file of settings (same keys as the presets)")
     add_plugin_flag(o)
@@ -98,8 +125,11 @@ def build_sweep(args: argparse.Namespace, light: bool = False):
     datasets = parse_names(args.datasets, "datasets") if args.datasets is not None else None
     preset = args.preset or default_preset(datasets)
     sweep = from_dict(SweepConfig, load_preset(preset), where=f"preset '{preset}'")
+    given: set[str] = set()  # methods whose options the user set (a preset's options for others are dropped)
     if args.config:
-        sweep = from_dict(SweepConfig, load_yaml(args.config), where=str(args.config), base=sweep)
+        data = load_yaml(args.config)
+        given |= set(data.get("options") or {}) if isinstance(data.get("options"), dict) else set()
+        sweep = from_dict(SweepConfig, data, where=str(args.config), base=sweep)
     config_dir = Path(args.config).parent if args.config else None
     if light:
         sweep.plugins = plugin_specs(args, sweep.plugins, config_dir)
@@ -141,8 +171,27 @@ def build_sweep(args: argparse.Namespace, light: bool = False):
         if text.split("=", 1)[0].strip() == "plugins":
             raise UsageError(f"override '{text}': plug-ins are loaded before overrides are read; use --plugin FILE "
                              "or plugins: in a --config file")
-        sweep = from_dict(SweepConfig, parse_override(text, method_names), where=f"override '{text}'", base=sweep)
+        override = parse_override(text, method_names)
+        given |= set(override.get("options") or {}) if isinstance(override.get("options"), dict) else set()
+        sweep = from_dict(SweepConfig, override, where=f"override '{text}'", base=sweep)
+    from bench.variants import method_names as names_in
+
+    in_sweep = names_in(sweep.methods)
+    sweep.options = {m: o for m, o in sweep.options.items() if m in in_sweep or m in given}
     return split_dataset_sources(sweep), preset
+
+
+def preset_notes(args: argparse.Namespace, preset: str, datasets: list[str]) -> list[str]:
+    """A preset made for other data (`--preset imagenet --datasets digits`) runs, with one note saying so."""
+    from bench.config import SweepConfig, from_dict, load_preset
+
+    made = from_dict(SweepConfig, load_preset(preset))
+    made_for = [d for d in made.datasets if d != "digits"]
+    if not args.preset or args.datasets is None or not made_for or set(datasets) & set(made_for):
+        return []
+    return [f"note: preset '{preset}' is made for {', '.join(made_for)} ({made.epochs} epochs, batch "
+            f"{made.data.batch_size}, backbones {', '.join(made.backbones)}); it runs here on {', '.join(datasets)} "
+            "as asked"]
 
 
 def finished_sweep_output(args: argparse.Namespace) -> str | None:
@@ -187,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          tasks_per_node=args.tasks_per_node, runs_per_device=args.runs_per_device,
                          wait=not args.no_wait, retry_failed=args.retry_failed, force=args.force,
                          progress_bar=not args.no_progress)
-    return run_sweep(sweep, preset, opts, stamp_key=key)
+    return run_sweep(sweep, preset, opts, stamp_key=key, notes=preset_notes(args, preset, sweep.datasets))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -402,17 +451,17 @@ def make_parser() -> argparse.ArgumentParser:
     launch.add_argument("--force", action="store_true", help="rerun every run from scratch, even done ones "
                                                              "or ones made by a different config")
     launch.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, _parser=p)
 
     p = sub.add_parser("status", help="state of a sweep's runs (pending, running, done, failed, ...)")
     p.add_argument("out", nargs="?", type=Path, default=Path("results/demo"), help="the sweep folder")
     p.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 5) until every run has finished")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=cmd_status, _parser=p)
 
     p = sub.add_parser("cancel", help="cancel a sweep's queued and running jobs")
     p.add_argument("out", type=Path, help="the sweep folder")
-    p.set_defaults(func=cmd_cancel)
+    p.set_defaults(func=cmd_cancel, _parser=p)
 
     p = sub.add_parser("table", help="paper-style results table of finished runs (Markdown, LaTeX, CSV)")
     add_table_flags(p)
@@ -420,17 +469,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--costs", action="store_true", help="also print the cost table")
     p.add_argument("--csv", metavar="PATH", help="export one row per run and eval model as CSV ('-': stdout)")
     p.add_argument("--write", metavar="DIR", help="also write results.{md,tex,csv}, costs.{md,csv}, runs.csv there")
-    p.set_defaults(func=cmd_table)
+    p.set_defaults(func=cmd_table, _parser=p)
 
     p = sub.add_parser("plot", help="plots of finished runs (PNG and PDF)")
     add_results_arg(p)
     p.add_argument("--write", metavar="DIR", help="output folder (default: <first results folder>/plots)")
-    p.set_defaults(func=cmd_plot)
+    p.set_defaults(func=cmd_plot, _parser=p)
 
     p = sub.add_parser("report", help="one self-contained HTML page of finished runs: tables, plots, setup")
     add_results_arg(p)
     p.add_argument("--out", type=Path, help="the page to write (default: <first results folder>/report.html)")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, _parser=p)
 
     p = sub.add_parser("speed", help="benchmark: harness vs reference-style training path, side by side")
     p.add_argument("--methods", default="vanilla,dml,cl,one,okddip,pcl,mcl,okdph")
@@ -456,7 +505,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also estimate the GPU-hours of the PCL paper's CIFAR-100 table from measured rates")
     p.add_argument("--csv", type=Path, help="write the results as CSV")
     add_plugin_flag(p)
-    p.set_defaults(func=cmd_speed)
+    p.set_defaults(func=cmd_speed, _parser=p)
 
     p = sub.add_parser("export", help="a finished run's eval model as a plain timm network (safetensors, "
                                       "TorchScript, ONNX)")
@@ -464,12 +513,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="eval model (default: the headline one, e.g. PCL's mean_teacher0)")
     p.add_argument("--format", default="safetensors", help="safetensors (default), torchscript or onnx")
     p.add_argument("--out", type=Path, help="output file (default: <run>/deployed[_<model>].<ext>)")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, _parser=p)
 
     p = sub.add_parser("list", help="registered methods, backbones, datasets and presets")
     p.add_argument("--all", action="store_true", help="list every timm backbone")
     add_plugin_flag(p)
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(func=cmd_list, _parser=p)
     return parser
 
 
@@ -507,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         previous = []
     try:
-        args = parser.parse_args(argv)
+        args = parse_command_line(parser, argv)
         return int(args.func(args) or 0)
     except UsageError as err:
         print(f"bench: error: {err}", file=sys.stderr)

@@ -47,6 +47,8 @@ class OptimConfig(Settings):
     milestone_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])  # the paper's 150/225 of 300
     gamma: float = 0.1
     schedule: str = "step"  # step: lr x gamma at each milestone; cosine: lr 0.5 (1 + cos(pi e / epochs)), to 0
+    warmup_epochs: float | None = None  # linear lr warm-up, per step, from lr/100; None: warmup_fraction of the run
+    warmup_fraction: float = 0.0  # of the run's epochs (0: no warm-up, the paper's protocol)
 
 
 @dataclass
@@ -393,12 +395,19 @@ def resolved_schedule(cfg: TrainConfig) -> tuple[list[int], float]:
     return list(milestones), float(rampup)
 
 
+def resolved_warmup(cfg: TrainConfig) -> float:
+    """The lr warm-up of a run in epochs: as given, else `warmup_fraction` of its epochs (0 in runs made before)."""
+    given = getattr(cfg.optim, "warmup_epochs", None)
+    return float(given) if given is not None else round(getattr(cfg.optim, "warmup_fraction", 0.0) * cfg.epochs, 3)
+
+
 def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
                options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None,
                variant: dict[str, Any] | None = None, partners: list[str] | None = None) -> RunConfig:
     """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
     shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
     shared["optim"].milestones, shared["rampup_epochs"] = resolved_schedule(sweep)
+    shared["optim"].warmup_epochs = resolved_warmup(sweep)
     return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
                      options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
                      loaded_plugins=[dict(r) for r in loaded_plugins or []], variant=dict(variant or {}),

@@ -20,8 +20,8 @@ def cost_table(collection: Collection) -> pd.DataFrame:
     if done.empty:
         return pd.DataFrame()
     # a run that shared its GPU with K-1 others (--runs-per-device K) paid for 1/K of it
-    done = done.assign(gpu_hours=done.wall_clock_s / 3600.0 * done.device.fillna("").str.startswith("cuda")
-                       / done.runs_per_device)
+    on_gpu = done.device.fillna("").str.startswith("cuda")
+    done = done.assign(gpu_hours=done.wall_clock_s / 3600.0 * on_gpu / done.runs_per_device, on_gpu=on_gpu)
     for column in ("partners", "partner_params", "flops_deployed", "flops_partners", "two_stage", "base_method"):
         if column not in done:
             done = done.assign(**{column: None})
@@ -39,7 +39,8 @@ def cost_table(collection: Collection) -> pd.DataFrame:
                         images_per_s=("images_per_s", "mean"), params_deployed_M=("params_deployed", "first"),
                         params_training_M=("params_training", "first"), params_partner_M=("partner_params", "first"),
                         gflops_deployed=("flops_deployed", "first"), gflops_partner=("flops_partners", "first"),
-                        teacher_included=("teacher_included", "any")).reset_index()
+                        teacher_included=("teacher_included", "any"), on_gpu=("on_gpu", "any")).reset_index()
+    table.loc[~table.on_gpu.astype(bool), "gpu_hours"] = math.nan  # CPU runs spend no GPU-hours: "–", never 0.000
     for column in ("params_deployed_M", "params_training_M", "params_partner_M"):
         table[column] = pd.to_numeric(table[column], errors="coerce") / 1e6
     for column in ("gflops_deployed", "gflops_partner"):
@@ -74,7 +75,8 @@ def cost_markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         mark = " *" if r.teacher_included else ""
         lines.append(f"| {r.dataset} | {r.backbone} | {display_name(r.method)} | {r.runs} | "
-                     f"{r.wall_clock_s:.1f}{mark} | {r.gpu_hours:.3f}{mark} | {r.images_per_s:.0f} | "
+                     f"{r.wall_clock_s:.1f}{mark} | {_fmt_or_dash(r.gpu_hours, '.3f')}{mark if r.on_gpu else ''} | "
+                     f"{r.images_per_s:.0f} | "
                      f"{r.params_deployed_M:.3f} | "
                      f"{_fmt_or_dash(r.params_partner_M, '.3f')} | {_fmt_or_dash(r.gflops_deployed, '.3f')} | "
                      f"{_fmt_or_dash(r.gflops_partner, '.3f')} | {r.params_training_M:.3f} | "

@@ -258,8 +258,11 @@ def export_run(folder: Path, model: str | None = None, fmt: str = "safetensors",
     note = "" if summary.get("amp", "off") == "off" else f" (the run evaluated under {summary['amp']} autocast)"
     print(f"exported {cfg.method} '{name}' ({net.backbone}, {sum(p.numel() for p in net.module.parameters()):,} "
           f"parameters) to {path}")
-    print(f"  re-evaluated on the {cfg.dataset} test split: top-1 error {errors['top1_error']:.2f}%, top-5 "
-          f"{errors['top5_error']:.2f}%; summary.json: top-1 {reported['top1_error']:.2f}%, top-5 "
-          f"{reported['top5_error']:.2f}%{note}; max |logit difference| {gap:.1e}")
+    top5 = spec.num_classes > 5 and reported.get("top5_error") is not None  # (top-5 of <= 5 classes is always 0)
+    print(f"  re-evaluated on the {cfg.dataset} test split: top-1 error {errors['top1_error']:.2f}%"
+          + (f", top-5 {errors['top5_error']:.2f}%" if top5 else "")
+          + f"; summary.json: top-1 {reported['top1_error']:.2f}%" + (f", top-5 {reported['top5_error']:.2f}%"
+                                                                      if top5 else "")
+          + f"{note}; max |logit difference| {gap:.1e}")
     print(f"  how to load it: {meta}")
     return 0

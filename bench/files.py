@@ -134,9 +134,57 @@ def _probe(folder: Path, what: str) -> None:
         raise UsageError(f"{what}: cannot write in {folder} ({err.strerror or err})") from None
 
 
+def check_path(path: Path, what: str) -> None:
+    """`path` can name a file or folder here: no name in it longer than the file system allows, the whole no longer
+    than its path limit, and no symlink on the way that dangles or loops. One UsageError naming the part otherwise."""
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    name_max, path_max = _limits(existing)
+    for part in path.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            raise UsageError(f"{what} {_short(path)}: the name '{_short(part, 40)}' is {len(os.fsencode(part))} bytes, "
+                             f"longer than this file system allows ({name_max}); use a shorter name")
+    if len(os.fsencode(str(path))) >= path_max:
+        raise UsageError(f"{what} {_short(path)}: the path is {len(os.fsencode(str(path)))} bytes, longer than this "
+                         f"file system allows ({path_max - 1}); use a shorter one")
+    prefix = Path(path.parts[0])
+    for part in path.parts[1:]:
+        prefix = prefix / part
+        if not os.path.islink(prefix):
+            if not os.path.lexists(prefix):
+                return
+            continue
+        try:
+            os.stat(prefix)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UsageError(f"{what} {_short(path)}: {prefix} is a symlink loop; remove it or give another "
+                                 "folder") from None
+            if err.errno == errno.ENOENT:
+                raise UsageError(f"{what} {_short(path)}: {prefix} is a symlink to {os.readlink(prefix)}, which does "
+                                 "not exist; create it or give another folder") from None
+            raise UsageError(f"{what} {_short(path)}: {prefix}: {err.strerror or err}") from None
+
+
+def _limits(folder: Path) -> tuple[int, int]:
+    """(longest name, longest path) the file system of `folder` takes (255 and 4096 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def _short(text: Any, keep: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= keep else f"{text[:keep // 2]}...{text[-keep // 2:]}"
+
+
 def check_output_folder(folder: Path, what: str) -> None:
     """`folder` is, or can be created as, a folder this process can write in; nothing is created."""
     folder = Path(folder)
+    check_path(folder, what)
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -150,6 +198,7 @@ def check_output_file(path: Path, protected: list[Path] | None = None, flag: str
     """`path` can be written as a file: not a folder, in an existing folder this process can write in, and none of
     `protected` (e.g. a run's own files)."""
     path = Path(path)
+    check_path(path, flag)
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name")
     parent = path.parent

@@ -36,6 +36,9 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
             settings.pop("runtime", None)  # where it ran is recorded, not a setting
             settings.pop("rampup_fraction", None)  # the schedule's fractions resolve into milestones and ramp-up,
             (settings.get("optim") or {}).pop("milestone_fractions", None)  # which are what a run is compared on
+            (settings.get("optim") or {}).pop("warmup_fraction", None)  # (the warm-up likewise, into its epochs;
+            if isinstance(settings.get("optim"), dict) and settings["optim"].get("warmup_epochs") is None:
+                settings["optim"]["warmup_epochs"] = 0.0  # a run made before warm-ups existed had none)
     if old != new:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "

@@ -27,7 +27,7 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
                 runs_per_device: int = 1) -> dict[str, Any]:
     """Train one run under its lock; a failure before training starts is recorded as a failed summary."""
     from bench.distributed import is_main
-    from bench.records import load_summary
+    from bench.records import failure_kind, load_summary
     from bench.train import train_run
 
     spec.folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,8 @@ def execute_run(spec: RunSpec, progress_bar: bool = False, job_id: str | None = 
                 c = spec.config
                 runs.write_json(spec.folder / runs.SUMMARY, {
                     "method": c.method, "backbone": c.backbone, "dataset": c.dataset, "seed": c.seed,
-                    "status": "failed", "error": f"{type(err).__name__}: {err}", "final": {}, "best": {}})
+                    "status": "failed", "error": f"{type(err).__name__}: {err}", "failure": failure_kind(err),
+                    "final": {}, "best": {}})
             raise
 
 

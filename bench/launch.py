@@ -41,10 +41,8 @@ from bench.sweep import (
     check_builds,
     check_device_here,
     check_run_folders,
-    outside_runs,
     prepare,
     schedule_line,
-    warn_outside,
 )
 
 LAUNCHERS = ("local", "inline", "slurm")
@@ -94,7 +92,7 @@ def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list
     manifest = read_manifest(out)
     queued = slurm_queue([r["job_id"] for r in manifest["runs"].values()
                           if r.get("job_id") and r.get("launcher") == "slurm"])
-    todo, skipped = [], {"done": 0, "failed": 0, "running": 0}
+    todo, skipped = [], {"done": 0, "failed": 0, "running": 0, "machine": 0}
     for spec in specs:
         status = runs.run_status(spec.folder)
         job_id = manifest["runs"].get(rel(spec, out), {}).get("job_id")
@@ -104,6 +102,9 @@ def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list
             todo.append(spec)
         elif status == "done":
             skipped["done"] += 1
+        elif status == "failed" and not opts.retry_failed and failed_by_machine(spec.folder):
+            skipped["machine"] += 1  # not skipped: the machine failed it (no space, ...); it resumes now
+            todo.append(spec)
         elif status in ("failed", "diverged") and not opts.retry_failed:
             skipped["failed"] += 1
         else:
@@ -111,12 +112,25 @@ def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list
     return todo, skipped
 
 
+def failed_by_machine(folder: Path) -> bool:
+    from bench.records import Malformed, failed_by_machine, load_summary
+
+    try:
+        return failed_by_machine(load_summary(folder))
+    except Malformed:
+        return False
+
+
 def sweep_line(n_runs: int, n_todo: int, notes: list[str], out: Path, preset: str, launcher: str) -> str:
-    return (f"sweep: {n_runs} runs, {n_todo} to run" + (f" ({', '.join(notes)}: skipped)" if notes else "")
+    retry = "; --retry-failed reruns failed runs" if any(n.endswith(" failed") for n in notes) else ""
+    return (f"sweep: {n_runs} runs, {n_todo} to run" + (f" ({', '.join(notes)}: skipped{retry})" if notes else "")
             + f" -> {out}  [preset: {preset}, launcher: {launcher}]")
 
 
-def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: str | None = None) -> int:
+def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: str | None = None,
+              notes: list[str] | None = None) -> int:
+    """Check the sweep, launch the runs it still needs, print and draw its tables. `notes`: lines printed (to stderr)
+    once every check has passed, before the sweep line."""
     if opts.launcher not in LAUNCHERS:
         raise unknown("launcher", opts.launcher, LAUNCHERS)
     if opts.max_parallel < 1:
@@ -139,15 +153,18 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     specs = prepare(sweep)
     if opts.launcher != "slurm":  # SLURM runs find their devices on the cluster's nodes
         check_device_here(sweep.compute)
-    check_builds(specs + outside_runs(sweep))  # a bad value is its own error, never "a different config"
+    check_builds(specs)  # a bad value is its own error, never "a different config"
     check_run_folders(specs, opts.force, sweep)
-    warn_outside(sweep)
     todo, skipped = classify(specs, out, opts)
-    notes = [f"{n} {k}" for k, n in skipped.items() if n]
-    print(sweep_line(len(specs), len(todo), notes, out, preset, opts.launcher))
-    print(schedule_line(sweep))
-    if skipped["failed"]:
-        print("  failed runs are not rerun without --retry-failed")
+    for note in notes or []:
+        print(note, file=sys.stderr)
+    skips = [f"{n} {k}" for k, n in skipped.items() if n and k != "machine"]
+    print(sweep_line(len(specs), len(todo), skips, out, preset, opts.launcher))
+    print(schedule_line(sweep, [s.config.method for s in specs]))
+    if skipped["machine"]:
+        n = skipped["machine"]
+        print(f"  {n} run{'s' if n > 1 else ''} that failed because of the machine (no space, permission, memory) "
+              f"{'resume' if n > 1 else 'resumes'} from {'their' if n > 1 else 'its'} last epoch")
     if opts.force:
         for spec in todo:
             runs.reset_run_folder(spec.folder)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bench.aggregate import MEMBERS, PAPER_ORDER, Collection, display_name, row_order  # noqa: E402
 from bench.collect import parse_row  # noqa: E402
@@ -69,6 +70,7 @@ def plot_curves(collection: Collection, folder: Path, column: str = "top1_error"
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                             color=method_colour(method), alpha=0.2, linewidth=0)
         ax.set(xlabel="epoch", ylabel=label, title=f"{dataset} / {backbone}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         paths += _save(fig, folder, f"{stem}_{dataset}_{backbone}")

@@ -7,6 +7,7 @@ that walk a tree (tables, plots, status) turn `Malformed` into one counted, name
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from collections.abc import Callable
@@ -18,6 +19,36 @@ import yaml
 from bench import runfiles as runs  # file names only: bench.runs reads through this module
 
 STATUSES = ("done", "failed", "diverged")
+FAILURES = ("machine", "method")  # a failed run's `failure`: of the machine it ran on (retried), or of the run itself
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOMEM}
+MACHINE_WORDS = ("no space left", "errno 28", "disk quota", "permission denied", "read-only file system",
+                 "input/output error", "cannot allocate memory", "before reporting", "killed by signal")
+
+
+def failure_kind(err: BaseException) -> str:
+    """'machine' when `err` (or what caused it) is the machine's: no space, no permission, a read-only or failing
+    disk, no memory; 'method' for anything else the run raised (an exception in training; divergence is its own
+    status). A run that failed because of the machine is resumed by the next plain `bench run`."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, MemoryError) or getattr(err, "errno", None) in MACHINE_ERRNOS:
+            return "machine"
+        if type(err).__name__ == "StorageError" or any(w in str(err).lower() for w in MACHINE_WORDS[:7]):
+            return "machine"  # a StorageError names a refused write; torch's writers put errno text in their own
+        err = err.__cause__ or err.__context__
+    return "method"
+
+
+def failed_by_machine(summary: dict[str, Any] | None) -> bool:
+    """Whether a failed run's summary says the machine failed it (a summary written before runs recorded their
+    `failure` is judged by its error text)."""
+    if not summary or summary.get("status") != "failed":
+        return False
+    kind = summary.get("failure")
+    if kind in FAILURES:
+        return kind == "machine"
+    return any(w in str(summary.get("error") or "").lower() for w in MACHINE_WORDS)
 
 
 class Malformed(Exception):

@@ -70,15 +70,15 @@ def run_states(out: Path, warnings: list[str] | None = None) -> list[dict]:
                 return default
 
         summary = read(load_summary)
-        corrupt = bool(bad)
         config = read(load_config)
         history = read(load_metrics, [])
+        corrupt = bool(bad)  # any of its records unreadable: its epochs and errors cannot be trusted
         rec["epoch"] = len(history)
         if history:
             last = history[-1]
             headline = (summary or {}).get("headline_model") or headline_of(config)
             errors = last.get("top1_error") or {}
-            rec["top1"] = errors.get(headline, next(iter(errors.values()), None))
+            rec["top1"] = errors.get(headline) if headline else None  # never another model's error as the run's
             rec["images_per_s"] = last.get("images_per_s")
             times = [r["epoch_s"] for r in history if r.get("epoch_s")]
             rec["epoch_s"] = sum(times) / len(times) if times else None
@@ -142,21 +142,27 @@ def estimate(records: list[dict]) -> tuple[float | None, int]:
         if r["epoch_s"]:
             by_cell.setdefault(key(r), []).append(r["epoch_s"])
     everything = [t for ts in by_cell.values() for t in ts]
+    lengths = [r["epochs"] for r in records if r["epochs"]]
+    common = max(set(lengths), key=lengths.count) if lengths else None  # a run not started yet: the sweep's length
     remaining = 0.0
     known = True
     for r in records:
         r["eta_s"] = None
-        if r["state"] not in UNFINISHED or not r["epochs"]:
+        if r["state"] not in (*UNFINISHED, "missing"):
+            continue
+        epochs = r["epochs"] or common
+        if not epochs:
+            known = False
             continue
         per_epoch = r["epoch_s"] or (sum(by_cell[key(r)]) / len(by_cell[key(r)]) if key(r) in by_cell else None) or (
             sum(everything) / len(everything) if everything else None)
         if per_epoch is None:
             known = False
             continue
-        r["eta_s"] = per_epoch * max(0, r["epochs"] - r["epoch"])
+        r["eta_s"] = per_epoch * max(0, epochs - r["epoch"])
         remaining += r["eta_s"]
     at_once = max(1, sum(r["state"] == "running" for r in records))
-    pending = any(r["state"] in UNFINISHED for r in records)
+    pending = any(r["state"] in (*UNFINISHED, "missing") for r in records)
     return (remaining / at_once if known and pending else None), at_once
 
 

@@ -4,7 +4,6 @@ run starts (names, options, data, the results folder), so bad input changes noth
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from bench import runs
 from bench.config import RunConfig, SweepConfig, run_config
 from bench.errors import UsageError, unknown
+from bench.ranges import check_options
 from bench.variants import Variant, fixed_options, method_names, run_label
 from bench.variants import expand as expand_variants
 
@@ -75,7 +75,10 @@ def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
             ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "0 or more"),
             ("optim.gamma", o.gamma, 0 < o.gamma <= 1, "above 0, at most 1"),
             ("optim.milestones", o.milestones, o.milestones is None or all(m >= 0 for m in o.milestones),
-             "epochs, 0 or more")):
+             "epochs, 0 or more"),
+            ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs is None or 0 <= o.warmup_epochs <= sweep.epochs,
+             f"from 0 to the run's epochs ({sweep.epochs})"),
+            ("optim.warmup_fraction", o.warmup_fraction, 0 <= o.warmup_fraction <= 1, "from 0 to 1 (of the run)")):
         numbers = value if isinstance(value, list) else [value]
         if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in numbers):  # NaN fails every test
             raise UsageError(f"{where} must be {valid}, got {value}")
@@ -85,8 +88,13 @@ def validate(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]:
     from bench.loggers import check_logging
 
     check_logging(sweep.logging)
-    for m in sweep.options:  # options of methods outside the grid are checked too (outside_runs)
+    in_sweep = method_names(sweep.methods)
+    for m in sweep.options:  # options of a method outside the grid are a mistake (a typo, a method left out)
         METHODS.get(m)
+        if m not in in_sweep:
+            raise UsageError(f"options for {m} are set ({', '.join(f'{m}.{k}' for k in sweep.options[m])}), but {m} "
+                             f"is not in this sweep's methods ({', '.join(sweep.methods)}); add it to --methods or "
+                             "drop them")
     return variants
 
 
@@ -107,7 +115,7 @@ def resolve_variants(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]
         own = options_dict(resolve_options(variant.method, variant.options))
         variant.options = {k: own[k] for k in variant.options}  # typed: temperature=4 -> 4.0, off -> False
         resolved = options_dict(resolve_options(variant.method, {**fixed, **variant.options}))
-        check_finite(resolve_options(variant.method, resolved), variant.key)
+        check_options(resolve_options(variant.method, resolved), variant.method)  # the declared ranges
         identity = (variant.method, repr(sorted(resolved.items())))
         if identity in seen:
             raise UsageError(f"methods: {variant.key} and {seen[identity]} resolve to the same options; give each "
@@ -131,16 +139,6 @@ def check_image_size(value: Any, where: str = "data.image_size") -> None:
         raise UsageError(f"{where} must be one integer, the side of square images (e.g. {where}=64), got "
                          f"{value!r}: non-square sizes are not supported")
     raise UsageError(f"{where} must be 0 (each dataset's own size) or an integer from {lo} to {hi}, got {value!r}")
-
-
-def check_finite(opts: Any, method: str) -> None:
-    """Every number among a method's options is finite (NaN and infinity pass no range check of their own)."""
-    import dataclasses
-
-    for f in dataclasses.fields(opts):
-        value = getattr(opts, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"{method}.{f.name} must be a finite number, got {value}")
 
 
 def check_builds(specs: list[RunSpec]) -> None:
@@ -197,7 +195,12 @@ def check_builds(specs: list[RunSpec]) -> None:
                                  f"({size}x{size} images): {str(err).splitlines()[0]}") from None
             own = method.view_augment()
             view_recipes(own or c.data.view_augment, method.views,
-                         where=f"{c.method}'s view_augment" if own else f"data.view_augment ({c.method})")
+                         where=f"{c.method}'s view_augment" if own else f"data.view_augment ({c.method})",
+                         image_size=size)
+            pad = getattr(c.dataset_source, "pad", -1) if c.dataset_source is not None else -1
+            if pad > size:
+                raise UsageError(f"dataset_sources.{c.dataset}.pad must be at most the image side ({size} px), got "
+                                 f"{pad}")
             if not isinstance(method.headline, str) or method.headline not in method.eval_names():
                 raise UsageError(f"method {c.method}: its headline {method.headline!r} is not one of its eval models "
                                  f"({', '.join(method.eval_names())}); set headline to the one the paper reports")
@@ -333,29 +336,22 @@ def prepare(sweep: SweepConfig) -> list[RunSpec]:
     variants = validate(sweep)
     check_writable(Path(sweep.out))
     check_data(sweep)
-    return expand(sweep, variants)
+    specs = expand(sweep, variants)
+    from bench.files import check_path
+
+    for spec in specs:  # e.g. a variant of many options: its folder name past the file system's limit
+        check_path(spec.folder, "run folder")
+    return specs
 
 
-def outside_runs(sweep: SweepConfig) -> list[RunSpec]:
-    """One stand-in run per method whose options are set but which is not in the sweep (on the sweep's first
-    backbone and dataset), so that check_builds judges those options too: they are ignored, but never wrong."""
-    from bench import plugins
-    from methods.base import options_dict, resolve_options
-
-    loaded = plugins.records_for(sweep.plugins)
-    d, b, s = sweep.datasets[0], sweep.backbones[0], sweep.seeds[0]
-    return [RunSpec(run_config(sweep, m, b, d, s, options_dict(resolve_options(m, o)), loaded),
-                    runs.run_dir(Path(sweep.out), d, b, m, s))
-            for m, o in sweep.options.items() if m not in method_names(sweep.methods)
-            for o in [{k: v for k, v in o.items() if not isinstance(v, list)}]]
-
-
-def schedule_line(sweep: SweepConfig) -> str:
+def schedule_line(sweep: SweepConfig, methods: list[str] | None = None) -> str:
     """The resolved schedule, printed when a sweep starts; a part that cannot act within the run is named in a
-    warning line of its own."""
-    from bench.config import resolved_schedule
+    warning line of its own. The KD ramp-up is named only where one of `methods` (None: any) has one."""
+    from bench.config import resolved_schedule, resolved_warmup
+    from methods import METHODS
 
     milestones, rampup = resolved_schedule(sweep)
+    ramped = methods is None or any(getattr(METHODS.get(m), "uses_rampup", True) for m in methods)
     how = "as given" if sweep.optim.milestones is not None else (
         "fractions " + "/".join(f"{f:g}" for f in sweep.optim.milestone_fractions) + " of the run")
     ramp_how = "as given" if sweep.rampup_epochs is not None else f"{sweep.rampup_fraction:.4g} of the run"
@@ -365,7 +361,12 @@ def schedule_line(sweep: SweepConfig) -> str:
     else:
         at = ", ".join(map(str, milestones)) or "none"
         lr_text = f"lr {sweep.optim.lr:g} x{sweep.optim.gamma:g} at epochs {at} ({how})"
-    text = f"schedule: {sweep.epochs} epochs, {lr_text}; KD ramp-up over {rampup:g} epochs ({ramp_how})"
+    warmup = resolved_warmup(sweep)
+    text = f"schedule: {sweep.epochs} epochs, {lr_text}"
+    if warmup > 0:
+        text += f", linear warm-up over {warmup:g} epochs"
+    if ramped:
+        text += f"; KD ramp-up over {rampup:g} epochs ({ramp_how})"
     if sweep.data.sampler != "random":
         text += f"; {sweep.data.sampler.replace('_', '-')} batches, {sweep.data.per_class} images per class"
     if sweep.protocol != "common":
@@ -375,7 +376,7 @@ def schedule_line(sweep: SweepConfig) -> str:
         text += (f"\nwarning: lr milestone{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "
                  f"{'are' if len(late) > 1 else 'is'} not before the last epoch ({sweep.epochs}): the lr never drops "
                  "there")
-    if rampup > sweep.epochs:
+    if ramped and rampup > sweep.epochs:
         text += (f"\nwarning: the KD ramp-up ({rampup:g} epochs) is longer than the run ({sweep.epochs}): distillation "
                  f"ends at weight {_rampup_weight(sweep.epochs, rampup):.2f} of its full strength")
     return text
@@ -385,13 +386,6 @@ def _rampup_weight(epoch: float, rampup: float) -> float:
     from methods.losses import sigmoid_rampup
 
     return float(sigmoid_rampup(epoch, rampup))
-
-
-def warn_outside(sweep: SweepConfig) -> None:
-    for m in sweep.options:
-        if m not in method_names(sweep.methods):
-            print(f"warning: options for {m} are set, but {m} is not in this sweep's methods "
-                  f"({', '.join(sweep.methods)}); they are ignored", file=sys.stderr)
 
 
 def check_run_folders(specs: list[RunSpec], force: bool, sweep: SweepConfig | None = None) -> None:

@@ -59,9 +59,21 @@ def finite(values: dict[str, float | None]) -> dict[str, float | None]:
 class Diverged(Exception):
     """A loss term became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, terms: list[str]) -> None:
-        super().__init__(f"loss diverged at epoch {epoch}, step {step}: non-finite {', '.join(terms)}")
+    def __init__(self, epoch: int, step: int, terms: list[str], remedy: str = "") -> None:
+        super().__init__(f"loss diverged at epoch {epoch}, step {step}: non-finite {', '.join(terms)}"
+                         + (f"; {remedy}" if remedy else ""))
         self.epoch, self.step, self.terms = epoch, step, terms
+
+
+def divergence_remedy(cfg: RunConfig) -> str:
+    """What most often cures a diverged run, with the settings that give it: a learning-rate warm-up (none in the
+    paper's protocol), a longer one, or a lower learning rate."""
+    warm = getattr(cfg.optim, "warmup_epochs", None) or 0.0
+    lower = f"a lower learning rate (optim.lr={cfg.optim.lr / 2:g})"
+    if warm <= 0:
+        suggested = max(1, round(0.05 * cfg.epochs)) if cfg.epochs >= 20 else min(1.0, cfg.epochs / 2)
+        return f"likely remedies: a learning-rate warm-up (optim.warmup_epochs={suggested:g}) or {lower}"
+    return f"likely remedies: a longer warm-up (optim.warmup_epochs={warm * 2:g}) or {lower}"
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
@@ -71,6 +83,19 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
     if getattr(cfg.optim, "schedule", "step") == "cosine":
         return cfg.optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
     return cfg.optim.lr * cfg.optim.gamma ** sum(epoch >= m for m in cfg.optim.milestones)
+
+
+WARMUP_START = 0.01  # the warm-up starts at this fraction of the schedule's lr
+
+
+def warmup_factor(cfg: RunConfig, at: float) -> float:
+    """The lr warm-up's multiplier at fractional epoch `at`: linear from WARMUP_START to 1 over `optim.warmup_epochs`
+    (Goyal et al., 2017, "gradual warmup"), per step; 1 after it, and in runs without one. It multiplies the step or
+    cosine schedule."""
+    warm = getattr(cfg.optim, "warmup_epochs", None) or 0.0
+    if at >= warm:
+        return 1.0
+    return WARMUP_START + (1.0 - WARMUP_START) * at / warm
 
 
 
@@ -225,15 +250,21 @@ class Trainer:
     def train_epoch(self, epoch: int, bar) -> dict[str, float]:
         method, loader = self.method, self.train_loader
         method.train()
+        base_lr = lr_at(self.cfg, epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.cfg, epoch) * group.get("lr_scale", 1.0)
+            group["lr"] = base_lr * group.get("lr_scale", 1.0)
         steps = len(loader)
+        warming = epoch < (getattr(self.cfg.optim, "warmup_epochs", None) or 0.0)
         sums: dict[str, torch.Tensor] = {}
         stats: dict[str, Any] = {}  # the method's step_stats, summed
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: torch.Tensor | None = None
         for i, (views, target) in enumerate(loader.epoch(epoch)):
             progress = Progress(epoch + i / steps, self.step, self.cfg.rampup_epochs, batch=i)
+            if warming:  # per step (a captured CUDA graph is dropped when its lr changes: warm-up steps run eagerly)
+                factor = warmup_factor(self.cfg, epoch + i / steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
             terms, total = self.step_fn(views, target, progress)
             finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
             first_bad = (bad_step < 0) & ~finite.all()
@@ -251,7 +282,7 @@ class Trainer:
                     torch.distributed.all_reduce(bad_step, op=torch.distributed.ReduceOp.MAX)
                 if int(bad_step) >= 0:
                     names = [n for n, bad in zip(terms, bad_terms.tolist()) if bad]
-                    raise Diverged(epoch + 1, int(bad_step), names)
+                    raise Diverged(epoch + 1, int(bad_step), names, divergence_remedy(self.cfg))
             if bar is not None:
                 bar.update(1)
         self.epoch_stats = {name: float(v) / steps for name, v in stats.items()}
@@ -349,7 +380,8 @@ class Trainer:
             return self.loggers_closed(self.finish("diverged", divergence={
                 "epoch": div.epoch, "step": div.step, "terms": div.terms, "message": str(div)}))
         except Exception as err:
-            self.loggers_closed(self.finish("failed", error=f"{type(err).__name__}: {err}"))
+            self.loggers_closed(self.finish("failed", error=f"{type(err).__name__}: {err}",
+                                            failure=records.failure_kind(err)))
             raise
         except BaseException:  # interrupted: the trackers flush what they have; the next start continues them
             self.loggers.close(None)
@@ -380,10 +412,15 @@ class Trainer:
         final = {name: {key: last[key][name] for key in EVAL_KEYS if name in (last.get(key) or {})}
                  for name in last.get("top1_error", {})}
         best_epoch = (self.best.get(self.method.headline) or {}).get("epoch")
+        best = self.best
+        if self.spec.num_classes <= 5:  # every test image is in its top 5: a top-5 error says nothing (missing)
+            final = {name: {**errs, "top5_error": None} for name, errs in final.items()}
+            best = {name: {**errs, "top5_error": None} for name, errs in best.items()}
         summary = {
             "method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset, "seed": cfg.seed,
             "status": status, "headline_model": self.method.headline, "eval_models": self.method.eval_names(),
-            "final": final, "best": self.best, "epochs": cfg.epochs, "epochs_done": len(self.history),
+            "final": final, "best": best, "num_classes": self.spec.num_classes, "epochs": cfg.epochs,
+            "epochs_done": len(self.history),
             "wall_clock_s": sum(r["epoch_s"] for r in self.history),
             "images_per_s": (float(np.mean([r["images_per_s"] for r in self.history])) if self.history else None),
             "device": str(self.device), "device_name": device_name(self.device),

@@ -54,6 +54,8 @@ class OnlineKDMethod(nn.Module):
     views: int = 1
     graphable: ClassVar[bool] = True  # False: its step decides on the host (e.g. which groups step): no CUDA graphs
     partner_range: ClassVar[tuple[int, int]] = (0, 0)  # how many partner networks (`--backbones A+B`) it takes
+    uses_rampup: ClassVar[bool] = True  # whether its losses read `progress.rampup` (the KD ramp-up w(e)); False: the
+    # sweep's schedule line leaves the ramp-up out
     partner_role: ClassVar[str] = "with"  # its row label's word for them: "DML (with ResNet-110)", "KD (T: ...)"
 
     def __init__(self, backbone: BackboneFactory, num_classes: int, opts: Any) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from backbones.branching import Trunk, plain_state_dict, split_model, split_points
 from bench.errors import UsageError, unknown
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
 from methods.multibranch import BranchOptions, SharedTrunk, indexed
@@ -43,11 +44,12 @@ class GradScale(torch.autograd.Function):
 
 @dataclass
 class CLOptions(BranchOptions):
-    num_heads: int = 3
-    beta: float = 0.5
-    temperature: float = 2.0
+    num_heads: int = option(3, ge=2, le=MAX_MEMBERS)
+    beta: float = option(0.5, ge=0)
+    temperature: float = option(2.0, gt=0)
     backprop_rescale: bool = True
-    sharing: str = "flat"  # flat (one trunk, m heads) or tree (hierarchical: 2 groups of m/2 heads)
+    sharing: str = option("flat", choices=("flat", "tree"))  # flat (one trunk, m heads) or tree (hierarchical:
+    # 2 groups of m/2 heads)
     tree_point: str = ""  # tree: the stage where the trunk splits into the 2 groups ("": the one before branch_point)
 
 
@@ -94,6 +96,7 @@ class TreeTrunk(nn.Module):
 
 @register_method("cl")
 class CL(OnlineKDMethod):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "CL"
     Options = CLOptions
     headline = "head0"

@@ -7,11 +7,12 @@ with KD_T = T^2 KL(p_j || p_i) and the peers' p_j detached; T = 1 as in the pape
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import Progress, register_method
 from methods.independent import IndependentNetworks
 from methods.losses import kd_loss
@@ -19,14 +20,15 @@ from methods.losses import kd_loss
 
 @dataclass
 class DMLOptions:
-    num_networks: int = 3
-    temperature: float = 1.0
-    lr_scales: list[float] = field(default_factory=list, metadata={"label": "lr x"})  # per network, student
+    num_networks: int = option(3, ge=2, le=MAX_MEMBERS)
+    temperature: float = option(1.0, gt=0)
+    lr_scales: list[float] = option(default_factory=list, gt=0, label="lr x")  # per network, student
     # first ([]: all at the schedule's lr), e.g. [0.1, 1] for a student at a tenth of its partner's lr
 
 
 @register_method("dml")
 class DML(IndependentNetworks):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "DML"
     Options = DMLOptions
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import UsageError
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
 from methods.multibranch import BranchOptions, SharedTrunk, indexed
@@ -44,8 +45,8 @@ class FusionModule(nn.Module):
 
 @dataclass
 class FFLOptions(BranchOptions):
-    num_branches: int = 2
-    temperature: float = 3.0
+    num_branches: int = option(2, ge=2, le=MAX_MEMBERS)
+    temperature: float = option(3.0, gt=0)
 
 
 @register_method("ffl_s")

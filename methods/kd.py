@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import UsageError, unknown
+from bench.ranges import option
+from bench.weights import read_weights
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
 
@@ -29,31 +31,18 @@ TEACHER_FILES = {"final": "deployed.safetensors", "best": "best.safetensors"}  #
 
 @dataclass
 class KDOptions:
-    alpha: float = 1.0
-    temperature: float = field(default=3.0, metadata={"label": "T"})
+    alpha: float = option(1.0, ge=0)
+    temperature: float = option(3.0, gt=0, label="T")
     teacher_weights: str = field(default="", metadata={"label": "teacher file"})  # "": the sweep's vanilla run
-    teacher_epoch: str = field(default="final", metadata={"label": "teacher epoch"})  # final or best
+    teacher_epoch: str = option("final", choices=("final", "best"), label="teacher epoch")  # final or best
 
 
 def load_weights(path: Path, module: nn.Module, what: str) -> None:
     """A state dict of `module`'s architecture from a safetensors file (as `bench export` writes) or a torch file
     (loaded with weights_only); UsageError naming the file and the first key or shape that does not fit."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"{what}: {path} is not a file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise UsageError(f"{what}: {path} is not a readable weights file ({first})") from None
+    state = read_weights(path, what)
     expected = module.state_dict()
-    if not isinstance(state, dict):
-        raise UsageError(f"{what}: {path} holds no state dict")
     for key, value in expected.items():
         if key not in state:
             raise UsageError(f"{what}: {path} lacks '{key}' of the teacher network")
@@ -68,6 +57,7 @@ def load_weights(path: Path, module: nn.Module, what: str) -> None:
 
 @register_method("kd")
 class KD(OnlineKDMethod):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "KD"
     Options = KDOptions
     headline = "student"

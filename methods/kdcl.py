@@ -17,13 +17,14 @@ could not be checked offline): m = 2, T = 2, kd_weight = 1. Deployed model: netw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bench.errors import unknown
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, Progress, register_method
 from methods.independent import IndependentNetworks
 from methods.losses import kd_loss
@@ -58,17 +59,18 @@ def linear_teacher(logits: Tensor, target: Tensor, steps: int = 20, lr: float = 
 
 @dataclass
 class KDCLOptions:
-    num_networks: int = 2
-    teacher: str = "minlogit"  # minlogit, naive or linear
-    temperature: float = 2.0
-    kd_weight: float = 1.0
+    num_networks: int = option(2, ge=2, le=MAX_MEMBERS)
+    teacher: str = option("minlogit", choices=("minlogit", "naive", "linear"))  # minlogit, naive or linear
+    temperature: float = option(2.0, gt=0)
+    kd_weight: float = option(1.0, ge=0)
     distinct_views: bool = False
-    lr_scales: list[float] = field(default_factory=list, metadata={"label": "lr x"})  # per network, student
+    lr_scales: list[float] = option(default_factory=list, gt=0, label="lr x")  # per network, student
     # first ([]: all at the schedule's lr), e.g. [0.1, 1] for a student at a tenth of its partner's lr
 
 
 @register_method("kdcl")
 class KDCL(IndependentNetworks):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "KDCL"
     Options = KDCLOptions
 

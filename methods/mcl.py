@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from backbones.branching import head_outputs, split_points
 from bench.errors import UsageError
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
 from methods.multibranch import BranchOptions, SharedTrunk, indexed
@@ -33,16 +34,16 @@ from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 @dataclass
 class MCLOptions:
-    num_networks: int = 2
+    num_networks: int = option(2, ge=2, le=MAX_MEMBERS)
     shared_trunk: bool = False  # the official x4 variant: the networks share the stem and first stage
     branch_point: str = ""  # with shared_trunk: the stage the networks split at ("": the second stage)
-    tau: float = 0.1
-    temperature: float = 3.0  # of the soft (KD) terms on similarity rows
-    embedding_dim: int = 128
-    vcl_weight: float = 0.1
-    soft_vcl_weight: float = 1.0
-    icl_weight: float = 0.1
-    soft_icl_weight: float = 1.0
+    tau: float = option(0.1, gt=0)
+    temperature: float = option(3.0, gt=0)  # of the soft (KD) terms on similarity rows
+    embedding_dim: int = option(128, ge=1, le=65536)
+    vcl_weight: float = option(0.1, ge=0)
+    soft_vcl_weight: float = option(1.0, ge=0)
+    icl_weight: float = option(0.1, ge=0)
+    soft_icl_weight: float = option(1.0, ge=0)
 
 
 def contrastive_loss(similarity: Tensor, target: Tensor) -> Tensor:
@@ -72,6 +73,7 @@ class EmbeddingHead(nn.Module):
 
 @register_method("mcl")
 class MCL(OnlineKDMethod):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "MCL"
     Options = MCLOptions
     headline = "net0"

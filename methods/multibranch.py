@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from backbones.branching import plain_state_dict, split_model
 from bench.errors import UsageError, unknown
+from bench.ranges import option
 from methods.base import BackboneFactory
 from methods.batching import concurrently
 
@@ -19,7 +20,7 @@ class BranchOptions:
     """Options every shared-trunk method has."""
 
     branch_point: str = ""  # the stage the branches start at; "" = the backbone's last stage
-    peer_init: str = "independent"  # "independent" or "copy" (every branch starts as branch 0)
+    peer_init: str = option("independent", choices=("independent", "copy"))  # copy: every branch starts as branch 0
 
 
 class SharedTrunk(nn.Module):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import UsageError
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
 from methods.multibranch import BranchOptions, SharedTrunk, indexed
@@ -25,8 +26,8 @@ from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 @dataclass
 class OKDDipOptions(BranchOptions):
-    num_peers: int = 3
-    temperature: float = 3.0
+    num_peers: int = option(3, ge=2, le=MAX_MEMBERS)
+    temperature: float = option(3.0, gt=0)
     detach_targets: bool = False  # True: treat x_a and the leader's target as constants
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import UsageError, unknown
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.losses import kd_loss
 from methods.multibranch import indexed
@@ -43,17 +44,19 @@ CODE_DEFAULTS = (0.8, 0.8, 0.5, 1, "epoch")  # src/OKDPH.py's argparse defaults:
 
 @dataclass
 class OKDPHOptions:
-    num_students: int = 2
-    omega: float = 0.8  # weight of the student's own CE (1 - omega: the HWM's CE)
-    beta: float = 0.8  # weight of KD from the mean logits
-    gamma: float = 0.5  # fusion ratio
-    fusion_interval: int = 5  # fuse every this many batches (or epochs)
-    fusion_unit: str = "batch"  # batch or epoch
-    temperature: float = 4.0
-    hybrid: str = "mean"  # mean (r_i = 1/N) or dirichlet (r ~ Dir(1) each step)
-    init: str = "identical"  # identical (as the official code) or different
-    gradient: str = "code"  # code (no gradient through the HWM) or paper (through the hybrid weights, r_i-scaled)
-    settings: str = "given"  # given (the options above) or official (omega/beta/gamma/fusion of src/OKDPH.sh by
+    num_students: int = option(2, ge=2, le=MAX_MEMBERS)
+    omega: float = option(0.8, ge=0, le=1)  # weight of the student's own CE (1 - omega: the HWM's CE)
+    beta: float = option(0.8, ge=0)  # weight of KD from the mean logits
+    gamma: float = option(0.5, ge=0, le=1)  # fusion ratio
+    fusion_interval: int = option(5, ge=1)  # fuse every this many batches (or epochs)
+    fusion_unit: str = option("batch", choices=("batch", "epoch"))  # batch or epoch
+    temperature: float = option(4.0, gt=0)
+    hybrid: str = option("mean", choices=("mean", "dirichlet"))  # mean (r_i = 1/N) or dirichlet (r ~ Dir(1) each step)
+    init: str = option("identical", choices=("identical", "different"))  # identical (as the official code) or different
+    gradient: str = option("code", choices=("code", "paper"))  # code (no gradient through the HWM) or paper
+    # (through the hybrid weights, r_i-scaled)
+    settings: str = option("given", choices=("given", "official"))  # given (the options above) or official
+    # (omega/beta/gamma/fusion of src/OKDPH.sh by
     # backbone; other backbones: src/OKDPH.py's defaults 0.8/0.8/0.5, every epoch); the summary shows the values used
     view_augment: list[str] = field(default_factory=list, metadata={"label": "augment"})  # one recipe per network,
     # students then the HWM ([]: data.view_augment); official: [crop+flip+rotate:15, crop+flip+cutout:16,
@@ -66,6 +69,7 @@ CHOICES = {"fusion_unit": ("batch", "epoch"), "hybrid": ("mean", "dirichlet"), "
 
 @register_method("okdph")
 class OKDPH(OnlineKDMethod):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "OKDPH"
     Options = OKDPHOptions
     headline = "net0"

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import UsageError, unknown
+from bench.ranges import MAX_MEMBERS, option
 from methods.base import BackboneFactory, OnlineKDMethod, Progress, register_method
 from methods.batching import concurrently, per_group_batchnorm
 from methods.losses import kd_loss
@@ -36,10 +37,11 @@ from methods.multibranch import BranchOptions, SharedTrunk, indexed
 
 @dataclass
 class PCLOptions(BranchOptions):
-    num_peers: int = 3
-    temperature: float = field(default=3.0, metadata={"label": "T"})
-    ema_decay: float = 0.999  # the cap of the mean teacher's decay alpha
-    batch_views: str = "auto"  # on: the m views through the trunk in one call (BN statistics per view);
+    num_peers: int = option(3, ge=2, le=MAX_MEMBERS)
+    temperature: float = option(3.0, gt=0, label="T")
+    ema_decay: float = option(0.999, ge=0, le=1)  # the cap of the mean teacher's decay alpha
+    batch_views: str = option("auto", choices=("auto", "on", "off"))  # on: the m views through the trunk in one
+    # call (BN statistics per view);
     # off: one call per view; auto: on for accelerators (fewer, bigger kernels), off on CPU (no gain there)
     multi_view: bool = field(default=True, metadata={"label": "multi-view"})  # each peer its own augmented view
     ensemble_teacher: bool = field(default=True, metadata={"label": "ensemble teacher"})  # z_e and KD from it

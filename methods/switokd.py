@@ -16,13 +16,14 @@ Official recipe: teacher lr 0.1, student 0.01 (`switokd.lr_scales=[0.1,1]`); the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bench.errors import UsageError
+from bench.ranges import option
 from methods.base import BackboneFactory, Progress, register_method
 from methods.independent import IndependentNetworks
 from methods.losses import kd_loss
@@ -30,8 +31,8 @@ from methods.losses import kd_loss
 
 @dataclass
 class SwitOKDOptions:
-    num_networks: int = 2  # the student and the teacher (fixed)
-    lr_scales: list[float] = field(default_factory=list, metadata={"label": "lr x"})  # per network, student first;
+    num_networks: int = option(2, ge=2, le=2)  # the student and the teacher (fixed)
+    lr_scales: list[float] = option(default_factory=list, gt=0, label="lr x")  # per network, student first;
     # []: both at the schedule's lr (the common protocol); [0.1, 1]: the official student 0.01 / teacher 0.1
 
 
@@ -49,6 +50,7 @@ def switch_state(z_s: Tensor, z_t: Tensor, target: Tensor) -> tuple[Tensor, Tens
 
 @register_method("switokd")
 class SwitOKD(IndependentNetworks):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "SwitOKD"
     Options = SwitOKDOptions
     headline = "net0"

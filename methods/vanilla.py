@@ -10,6 +10,7 @@ from methods.base import BackboneFactory, NoOptions, OnlineKDMethod, Progress, r
 
 @register_method("vanilla")
 class Vanilla(OnlineKDMethod):
+    uses_rampup = False  # no KD ramp-up in its losses
     display_name = "Vanilla"
     Options = NoOptions
     headline = "net"

@@ -46,13 +46,24 @@ def test_an_explicit_schedule_wins_over_the_fractions():
 
 
 def test_the_sweep_prints_its_schedule_and_warns_when_it_cannot_act(tmp_path, capsys):
-    args = ["run", "--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
+    args = ["run", "--methods", "vanilla,one", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0",
             "--epochs", "2", "--launcher", "inline", "--no-progress", "--out", str(tmp_path / "s")]
     assert main([*args, "optim.milestones=[1,5]", "rampup_epochs=30"]) == 0
     captured = capsys.readouterr()
     assert "schedule: 2 epochs, lr 0.1 x0.1 at epochs 1, 5 (as given); KD ramp-up over 30 epochs" in captured.out
     assert "lr milestone 5 is not before the last epoch (2)" in captured.out
     assert "KD ramp-up (30 epochs) is longer than the run (2)" in captured.out
+
+
+def test_the_schedule_line_names_a_ramp_up_only_for_methods_that_have_one():
+    """Issue 30, item 11: a sweep of methods without a KD ramp-up (vanilla, DML, KD, ...) prints none; a warm-up is
+    named with its epochs, resolved from its fraction of the run."""
+    from bench.sweep import schedule_line
+
+    sweep = paper(100, "rampup_epochs=300", "optim.warmup_fraction=0.05")
+    line = schedule_line(sweep, ["vanilla", "dml", "kd"])
+    assert "ramp-up" not in line and "linear warm-up over 5 epochs" in line
+    assert "KD ramp-up over 300 epochs" in schedule_line(sweep, ["vanilla", "pcl"])
 
 
 def test_the_cosine_schedule_by_hand_and_its_bad_name(tmp_path, capsys):

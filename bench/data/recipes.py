@@ -45,8 +45,14 @@ class Recipe:
     extras: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
-def parse_recipe(text: str, where: str = "data.view_augment") -> Recipe:
-    """`crop+flip+rotate:15` -> Recipe; an unknown op or a bad argument is one UsageError with a close match."""
+ARGUMENTS = {"rotate": ("D", "degrees"), "cutout": ("L", "the side of the square in pixels"),
+             "randaugment": ("N:M", "ops per image and their magnitude")}
+
+
+def parse_recipe(text: str, where: str = "data.view_augment", image_size: int = 0) -> Recipe:
+    """`crop+flip+rotate:15` -> Recipe; an unknown op or a bad argument is one UsageError with a close match.
+    `image_size` (the side of the run's images; 0: unknown) bounds the size arguments (a cutout no larger than the
+    image)."""
     text = str(text).strip()
     crop = flip = False
     extras: list[tuple[str, tuple[int, ...]]] = []
@@ -60,11 +66,19 @@ def parse_recipe(text: str, where: str = "data.view_augment") -> Recipe:
             values = tuple(int(a) for a in args)
         except ValueError:
             raise UsageError(f"{where} '{text}': {part} takes whole numbers ({name}:N)") from None
-        if any(v < 0 for v in values) or len(values) > (2 if name == "randaugment" else 1):
-            raise UsageError(f"{where} '{text}': {part} takes {'N:M' if name == 'randaugment' else 'one number'}, "
-                             "not negative")
+        if name in ARGUMENTS and len(values) > len(ARGUMENTS[name][0].split(":")):
+            form, meaning = ARGUMENTS[name]
+            raise UsageError(f"{where} '{text}': {part} gives {len(values)} numbers; {name} takes "
+                             f"{'one' if form.count(':') == 0 else 'at most two'} ({name}:{form}, {meaning})")
+        if any(v < 0 for v in values):
+            raise UsageError(f"{where} '{text}': {part}: {name}'s numbers are not negative")
         if name == "randaugment" and len(values) == 2 and values[1] >= MAGNITUDE_BINS:
             raise UsageError(f"{where} '{text}': the RandAugment magnitude is 0..{MAGNITUDE_BINS - 1}")
+        if name == "rotate" and values and values[0] > 180:
+            raise UsageError(f"{where} '{text}': rotate takes at most 180 degrees, got {values[0]}")
+        if name == "cutout" and values and (values[0] < 1 or (image_size and values[0] > image_size)):
+            bound = f"from 1 to the image side ({image_size} px)" if image_size else "at least 1"
+            raise UsageError(f"{where} '{text}': the cutout side must be {bound}, got {values[0]}")
         if name == "crop":
             crop = True
         elif name == "flip":
@@ -74,14 +88,15 @@ def parse_recipe(text: str, where: str = "data.view_augment") -> Recipe:
     return Recipe(text, crop, flip, tuple(extras))
 
 
-def view_recipes(texts: list[str] | None, views: int, where: str = "data.view_augment") -> list[Recipe]:
+def view_recipes(texts: list[str] | None, views: int, where: str = "data.view_augment",
+                 image_size: int = 0) -> list[Recipe]:
     """One recipe per view: none given -> the default for every view; one -> it for every view (independent draws);
-    else exactly one per view."""
+    else exactly one per view. `image_size`: the run's image side, checked against the size arguments."""
     texts = list(texts or []) or [DEFAULT_RECIPE]
     if len(texts) not in (1, views):
         raise UsageError(f"{where} names {len(texts)} recipes for {views} views: give one (for every view) or one per "
                          "view")
-    recipes = [parse_recipe(t, where) for t in texts]
+    recipes = [parse_recipe(t, where, image_size) for t in texts]
     return recipes * views if len(recipes) == 1 else recipes
 
 

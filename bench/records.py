@@ -148,9 +148,10 @@ def load_summary(folder: Path) -> dict | None:
                f"'headline_model' {data.get('headline_model')!r} has no final errors")
     _optional(path, data, "eval_models", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
               "a list of names")
+    _optional(path, data, "failure", lambda v: v in FAILURES, " or ".join(FAILURES))
     for key in ("wall_clock_s", "images_per_s"):
         _optional(path, data, key, lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a non-negative number")
-    for key in ("epochs", "epochs_done", "world_size", "runs_per_device"):
+    for key in ("epochs", "epochs_done", "world_size", "runs_per_device", "num_classes"):
         _optional(path, data, key, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
     for key in ("device", "error", "headline_model", "git_commit", "amp"):
         _optional(path, data, key, lambda v: isinstance(v, str), "a string")

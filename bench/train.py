@@ -10,6 +10,7 @@ states are restored, so a resumed run reproduces the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import random
@@ -195,6 +196,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.rank != 0:
             return
+        if str(self.start_epoch) == os.environ.get("OKD_BENCH_NO_SPACE_AT_EPOCH"):  # fault injection (tests): the
+            raise OSError(errno.ENOSPC, f"No space left on device: '{self.folder / runs.CHECKPOINT}'")  # disk is full
         state = {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "epoch": self.start_epoch, "step": self.step, "history": self.history, "best": self.best,
                  "resumes": self.resumes, "rejected": self.rejected, "rng": rng_state(),

@@ -80,6 +80,8 @@ CASES = [
     ("summary_params_list", runs.SUMMARY, _set("params", [1, 2]), BOTH),
     ("summary_best_list", runs.SUMMARY, _set("best", [1]), BOTH),
     ("summary_a_folder", runs.SUMMARY, _make_dir, BOTH),
+    ("summary_failure_unknown", runs.SUMMARY, _set("failure", "cosmic rays"), BOTH),
+    ("summary_num_classes_string", runs.SUMMARY, _set("num_classes", "ten"), BOTH),
     ("metrics_undecodable", runs.METRICS, _write(b'{"epoch": 1}\n\xff\xfe\n'), BOTH),
     ("metrics_garbage_line", runs.METRICS, lambda p: p.write_text("garbage\n" + p.read_text()), BOTH),
     ("metrics_line_is_a_list", runs.METRICS, _write(b"[1, 2]\n"), BOTH),

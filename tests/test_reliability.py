@@ -152,7 +152,8 @@ def test_bad_input_leaves_an_existing_sweep_untouched(tmp_path, capsys):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
     assert "did you mean 'vanilla'" in capsys.readouterr().err
     # an invalid value is its own error, not "a different config" (which only a valid change is)
-    for bad, expected in ((["one.num_branches=-4"], "one.num_branches must be from 2 to 16, got -4"),
+    for bad, expected in ((["--methods", "vanilla,one", "one.num_branches=-4"],
+                           "one.num_branches must be from 2 to 16, got -4"),
                           (["--methods", "pcl", "pcl.branch_point=nosuch"], "cannot split backbone at 'nosuch'"),
                           (["--device", "cuda"], "CUDA is not available")):
         if "cuda" in bad and torch.cuda.is_available():

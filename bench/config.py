@@ -1,25 +1,21 @@
 """Configuration: dataclasses whose defaults are the common CIFAR protocol (methods.md), YAML presets,
 dotted command-line overrides, and strict keys (an unknown key is an error with a close match).
 
-Precedence, lowest first: dataclass defaults < preset YAML < `--config` YAML < CLI flags < `key=value`.
-"""
+Precedence, lowest first: dataclass defaults < preset YAML < `--config` YAML < CLI flags < `key=value`."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.errors import UsageError, did_you_mean, unknown
+from bench.errors import UsageError, did_you_mean
 
 
 class Settings:
@@ -94,7 +90,7 @@ class ComputeConfig(Settings):
 
 @dataclass
 class LoggingConfig(Settings):
-    """Optional trackers mirroring metrics.jsonl (bench.loggers); not part of what makes a run's config."""
+    """Optional trackers mirroring metrics.jsonl (bench.train.loggers); not part of what makes a run's config."""
 
     tensorboard: bool = False  # event files in <run>/tensorboard
     wandb: str = "off"  # off, offline (files in <run>/wandb, sync later), online
@@ -133,9 +129,9 @@ class RunConfig(TrainConfig):
     loaded_plugins: list[dict[str, str]] = field(default_factory=list)  # {name, source, file, sha256} each
     partners: list[str] = field(default_factory=list)  # the backbones of networks 1.. (`--backbones A+B`); [] alone
     variant: dict[str, Any] = field(default_factory=dict)  # the options that make this run a variant of its method
-    # (bench.variants; {} for the method as such): its folder and table row are `method+opt=value`
+    # (bench.sweep.variants; {} for the method as such): its folder and table row are `method+opt=value`
     runtime: dict[str, Any] = field(default_factory=dict)  # what the run found where it ran (threads, device,
-    # packing, deterministic algorithms): recorded, not part of the run's identity (bench.train.runtime_record)
+    # packing, deterministic algorithms): recorded, not part of the run's identity (Trainer.runtime_record)
 
 
 @dataclass
@@ -301,114 +297,3 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("bench") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_preset(name: str) -> dict:
-    if name not in preset_names():
-        raise unknown("preset", name, preset_names())
-    with resources.as_file(resources.files("bench") / "presets" / f"{name}.yaml") as path:
-        return load_yaml(path)
-
-
-def parse_override(text: str, method_names: list[str] | None) -> dict:
-    """`a.b.c=value` -> {'a': {'b': {'c': value}}}; `pcl.temperature=4` means `options.pcl.temperature`.
-    `method_names` None: any first part that is not a setting of SweepConfig is taken as a method."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UsageError(f"override '{text}' is not of the form key=value (e.g. optim.lr=0.05)")
-    parts = key.strip().split(".")
-    if any(not p for p in parts):
-        raise UsageError(f"override '{text}': empty key part")
-    settings = {f.name for f in dataclasses.fields(SweepConfig)}
-    if (parts[0] in method_names) if method_names is not None else (parts[0] not in settings and len(parts) > 1):
-        parts = ["options", *parts]
-    if parts[0] == "options" and len(parts) == 3 and "," in raw and raw.strip()[:1] not in "[{'\"":
-        from bench.variants import split_top_level  # `pcl.temperature=2,3,4`: a value list, one run per value
-
-        return {"options": {parts[1]: {parts[2]: [_scalar(v) for v in split_top_level(raw, f"override '{text}'")]}}}
-    value = _scalar(raw) if raw.strip() else ""
-    out: dict = {}
-    node = out
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _scalar(raw: str) -> Any:
-    try:
-        return parse_yaml(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-DATASET_KINDS = ("imagefolder", "tinyimagenet")
-
-
-def split_dataset_sources(sweep: SweepConfig) -> SweepConfig:
-    """Move `NAME=KIND:ROOT` entries of `datasets` into `dataset_sources` (ROOT made absolute), so that runs,
-    tables and plots name the dataset NAME."""
-    names = []
-    for entry in sweep.datasets:
-        name, sep, rest = str(entry).partition("=")
-        name = name.strip()
-        if not sep:
-            names.append(name)
-            continue
-        kind, colon, root = rest.partition(":")
-        kind = kind.strip()
-        if not name or not colon or not root.strip():
-            raise UsageError(f"dataset '{entry}' is not of the form NAME=KIND:ROOT (e.g. flowers=imagefolder:data/"
-                             f"flowers; kinds: {', '.join(DATASET_KINDS)})")
-        if kind not in DATASET_KINDS:
-            raise unknown(f"dataset kind (in '{entry}')", kind, DATASET_KINDS)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-            raise UsageError(f"dataset name '{name}' (in '{entry}') must be letters, digits, '_', '-', '.', '+'; it "
-                             "names a folder of the results")
-        given = sweep.dataset_sources.get(name)
-        source = copy.deepcopy(given) if given is not None else DatasetSource()
-        source.kind, source.root = kind, str(Path(root.strip()).expanduser().resolve())
-        sweep.dataset_sources[name] = source
-        names.append(name)
-    sweep.datasets = names
-    for name, source in sweep.dataset_sources.items():
-        if source.kind not in DATASET_KINDS:
-            raise unknown(f"dataset_sources.{name}.kind", source.kind, DATASET_KINDS)
-        if not source.root:
-            raise UsageError(f"dataset_sources.{name}.root is empty: name the dataset's folder")
-        source.root = str(Path(source.root).expanduser().resolve())
-    return sweep
-
-
-def resolved_schedule(cfg: TrainConfig) -> tuple[list[int], float]:
-    """(lr milestones, ramp-up epochs) of a run of `cfg.epochs` epochs: the explicit ones where given, else the
-    fractions of the run (the paper's 150/225 and 80 of 300 epochs become 50/75 and 26.7 at --epochs 100)."""
-    milestones = cfg.optim.milestones
-    if milestones is None:
-        milestones = [int(math.floor(f * cfg.epochs + 0.5)) for f in cfg.optim.milestone_fractions]
-    rampup = cfg.rampup_epochs if cfg.rampup_epochs is not None else round(cfg.rampup_fraction * cfg.epochs, 3)
-    return list(milestones), float(rampup)
-
-
-def resolved_warmup(cfg: TrainConfig) -> float:
-    """The lr warm-up of a run in epochs: as given, else `warmup_fraction` of its epochs (0 in runs made before)."""
-    given = getattr(cfg.optim, "warmup_epochs", None)
-    return float(given) if given is not None else round(getattr(cfg.optim, "warmup_fraction", 0.0) * cfg.epochs, 3)
-
-
-def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
-               options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None,
-               variant: dict[str, Any] | None = None, partners: list[str] | None = None) -> RunConfig:
-    """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
-    shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
-    shared["optim"].milestones, shared["rampup_epochs"] = resolved_schedule(sweep)
-    shared["optim"].warmup_epochs = resolved_warmup(sweep)
-    return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
-                     options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
-                     loaded_plugins=[dict(r) for r in loaded_plugins or []], variant=dict(variant or {}),
-                     partners=list(partners or []))

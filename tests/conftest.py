@@ -59,8 +59,8 @@ def exported_top1_error(weights: Path, folder: Path) -> float:
     import safetensors.torch
     import timm
 
-    from bench import records
     from bench.data import build_eval_loader, run_dataset, with_statistics
+    from bench.store import records
 
     meta = json.loads(weights.with_suffix(".json").read_text())
     model = timm.create_model(meta["backbone"], **meta["timm_kwargs"]).eval()
@@ -96,7 +96,7 @@ class Interrupt(BaseException):
 
 def train_until_interrupted(cfg, folder: Path, epoch: int) -> None:
     """Train `cfg` into `folder` and stop it as the (0-based) `epoch` begins, leaving its checkpoint behind."""
-    from bench.train import Trainer
+    from bench.train.trainer import Trainer
 
     trainer = Trainer(cfg, folder, progress_bar=False)
     original = trainer.train_epoch

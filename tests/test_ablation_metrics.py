@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 
-from bench import runs
-from bench.cli import build_sweep, main, make_parser
+from bench.cli import main
+from bench.cli.grid import build_sweep
+from bench.cli.parser import make_parser
 from bench.errors import UsageError
-from bench.metrics import Calibration, Diversity, ensemble_gain
-from bench.sweep import expand, resolve_variants
+from bench.store import runs
+from bench.sweep.grid import expand, resolve_variants
+from bench.train.metrics import Calibration, Diversity, ensemble_gain
 
 CPU = torch.device("cpu")
 
@@ -117,7 +119,7 @@ def _sweep(*argv: str):
 
 
 def test_variants_resolve_into_runs_labels_and_folders(tmp_path):
-    from bench.variants import variant_label
+    from bench.sweep.variants import variant_label
     from methods import METHODS
 
     sweep = _sweep("--methods", "vanilla,pcl,pcl[mean_teacher=off,temperature=4]", "--seeds", "0,1", "--out",
@@ -166,7 +168,7 @@ def test_an_unknown_table_metric_is_one_line(tmp_path, capsys):
 
 
 def test_an_ablation_and_a_temperature_study_in_one_sweep(tmp_path, capsys):
-    from bench.aggregate import TableSpec, load_runs, render
+    from bench.results.aggregate import TableSpec, load_runs, render
 
     out = tmp_path / "sweep"
     grid = ["--methods", "vanilla,pcl,pcl[mean_teacher=off],pcl[ensemble_teacher=off],pcl[multi_view=off]",
@@ -204,7 +206,7 @@ def test_a_run_made_before_calibration_still_tables_with_its_new_metrics_missing
 
 def test_a_variant_sweep_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path):
     from bench.config import SweepConfig
-    from bench.train import train_run
+    from bench.train.trainer import train_run
     from tests.conftest import train_until_interrupted
 
     sweep = _sweep("--methods", "pcl[mean_teacher=off]", "--seeds", "0", "--epochs", "2", "--out", str(tmp_path),
@@ -223,7 +225,7 @@ def test_a_variant_sweep_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_pa
 
 def test_the_paper_schedule_on_an_image_folder_at_20_epochs(tmp_path):
     """--epochs 20 with the paper preset: lr 0.1 up to epoch 10, 0.01 up to 15, 0.001 after (metrics.jsonl)."""
-    from bench import records
+    from bench.store import records
     from tests.conftest import write_image_folder
 
     root = write_image_folder(tmp_path / "images", classes=2, per_class=4, size=16)

@@ -11,10 +11,10 @@ import statistics
 
 import pytest
 
-from bench import runs
-from bench.aggregate import TableSpec, build_table, cost_table, load_runs, render, write_tables
 from bench.cli import main
-from bench.plots import write_plots
+from bench.results.aggregate import TableSpec, build_table, cost_table, load_runs, render, write_tables
+from bench.results.plots import write_plots
+from bench.store import runs
 
 HEADLINE = {"vanilla": "net", "pcl": "mean_teacher0", "one": "branch0"}
 
@@ -173,7 +173,7 @@ def test_final_bars_legend_covers_no_bar_and_error_bars_stay_above_zero():
     import pandas as pd
     from matplotlib.patches import Rectangle
 
-    from bench.plots import final_bars_figure
+    from bench.results.plots import final_bars_figure
 
     rows = []
     for method, errors in {"vanilla": [30.0, 31.0, 29.0], "dml": [0.5, 0.0, 6.0], "pcl": [1.0, 1.0, 1.0]}.items():

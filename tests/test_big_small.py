@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from backbones import network_factory
-from bench import records, runs
 from bench.cli import main
-from bench.compute import build_optimizer, optimisation_step
 from bench.config import OptimConfig
+from bench.store import records, runs
+from bench.train.compute import build_optimizer, optimisation_step
 from methods import Progress, build_method
 from tests.slurm_helpers import require_slurm
 
@@ -174,8 +174,9 @@ def test_each_student_exports_as_a_plain_student_network_reproducing_its_error(s
 
 
 def test_a_killed_teacher_and_a_killed_student_resume(tmp_path):
-    from bench.cli import build_sweep, make_parser
-    from bench.sweep import expand, resolve_variants
+    from bench.cli.grid import build_sweep
+    from bench.cli.parser import make_parser
+    from bench.sweep.grid import expand, resolve_variants
     from tests.conftest import train_until_interrupted
 
     argv = ["run", "--methods", "kd", "--backbones", PAIR, "--datasets", "digits", "--seeds", "0", "--epochs", "2",
@@ -278,8 +279,9 @@ def test_on_slurm_the_student_job_starts_after_its_teacher_and_not_when_it_faile
 
 
 def test_the_big_small_preset_is_one_comparison_table():
-    from bench.cli import build_sweep, make_parser
-    from bench.sweep import expand, resolve_variants
+    from bench.cli.grid import build_sweep
+    from bench.cli.parser import make_parser
+    from bench.sweep.grid import expand, resolve_variants
 
     sweep = build_sweep(make_parser().parse_args(["run", "--preset", "big-small", "--seeds", "0"]))[0]
     specs = expand(sweep, resolve_variants(sweep))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import runs
-from bench.aggregate import load_runs
 from bench.cli import main
-from bench.status import run_states
+from bench.results.aggregate import load_runs
+from bench.results.status import run_states
+from bench.store import runs
 
 
 def _json_edit(change):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import runs
 from bench.cli import main
+from bench.store import runs
 
 GRID = ["--datasets", "digits", "--backbones", "cifar_resnet8", "--epochs", "1", "--no-progress",
         "--launcher", "inline"]
@@ -113,7 +113,8 @@ def test_options_for_a_method_outside_the_sweep_are_refused(tmp_path, capsys):
     assert main(["run", "--methods", "pcl", "--datasets", "digits", "--config", str(cfg), "--out",
                  str(tmp_path / "o")]) == 2
     assert "options for one are set" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    from bench.cli import build_sweep, make_parser
+    from bench.cli.grid import build_sweep
+    from bench.cli.parser import make_parser
 
     args = make_parser().parse_args(["run", "--preset", "okdph-official", "--methods", "vanilla"])
     sweep, _ = build_sweep(args)  # the preset sets okdph's options; okdph is not in this sweep

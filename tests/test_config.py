@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import (
-    SweepConfig,
-    from_dict,
-    load_preset,
-    load_yaml,
-    parse_override,
-    preset_names,
-    resolved_schedule,
-)
+from bench.config import SweepConfig, from_dict, load_yaml
 from bench.errors import UsageError
+from bench.sweep.settings import load_preset, parse_override, preset_names, resolved_schedule
 
 
 def test_defaults_are_the_paper_protocol():

@@ -14,9 +14,10 @@ import pytest
 import timm
 import torch
 
-from bench import records, runs
-from bench.config import SweepConfig, from_dict, load_preset, run_config
-from bench.train import train_run
+from bench.config import SweepConfig, from_dict
+from bench.store import records, runs
+from bench.sweep.settings import load_preset, run_config
+from bench.train.trainer import train_run
 from methods import build_method
 from methods.base import Progress
 from tests.conftest import train_until_interrupted
@@ -67,8 +68,8 @@ def test_bf16_autocast_agrees_with_fp32_within_seed_noise(method, tmp_path):
 
 
 def test_fused_sgd_takes_the_foreach_step():
-    from bench.compute import build_optimizer
     from bench.config import OptimConfig
+    from bench.train.compute import build_optimizer
 
     torch.manual_seed(0)
     params = {impl: [torch.nn.Parameter(torch.randn(64, 32, device=CUDA)), torch.nn.Parameter(
@@ -132,8 +133,8 @@ def test_compiled_step_equals_the_eager_step(method):
     """torch.compile'd step vs eager from the same state: the same loss terms and the same parameters after it
     (inductor fuses and reorders float sums, so up to rounding: 1% of a step). Whole runs then drift apart as any
     two float orders do over hundreds of steps; this checks the step itself."""
-    from bench.compute import autocast_context, build_optimizer, optimisation_step
     from bench.config import OptimConfig
+    from bench.train.compute import autocast_context, build_optimizer, optimisation_step
 
     torch.manual_seed(0)
     eager = build_method(method, lambda: timm.create_model("cifar_resnet8", num_classes=10), 10, {}).to(CUDA)

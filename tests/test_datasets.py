@@ -229,8 +229,8 @@ def test_deployed_json_describes_the_eval_transform_so_timm_reproduces_the_run(t
     import timm.data
 
     import backbones  # noqa: F401  (registers cifar_* into timm)
-    from bench import records
     from bench.data import build_eval_loader, run_dataset, with_statistics
+    from bench.store import records
 
     root = tmp_path / "noise"
     rng = np.random.default_rng(3)

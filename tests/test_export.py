@@ -14,8 +14,8 @@ import timm
 import torch
 
 import backbones
-from bench import runs
 from bench.cli import main
+from bench.store import runs
 from methods import METHODS, build_method
 from methods.base import Progress
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import records, runs
 from bench.cli import main
-from bench.status import run_states
+from bench.results.status import run_states
+from bench.store import records, runs
 from tests.slurm_helpers import require_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_packed_runs_equal_the_same_runs_trained_alone(tmp_path, capsys):
     """--runs-per-device 2: two runs train at once, in two processes sharing the device; at the same thread count
     (compute.threads) each ends exactly as the same run trained alone, and records its threads and packing; a table
     over both flags the cells whose runs differ in packing."""
-    from bench.aggregate import TableSpec, load_runs, render
+    from bench.results.aggregate import TableSpec, load_runs, render
 
     grid = ["--methods", "vanilla,pcl", "--seeds", "0", "--epochs", "2", *GRID, "compute.threads=1"]
     assert main(["run", *grid, "--out", str(tmp_path / "packed"), "--launcher", "local",
@@ -202,7 +202,7 @@ def test_packed_runs_equal_the_same_runs_trained_alone(tmp_path, capsys):
 
 
 def test_cost_table_divides_gpu_hours_by_the_packing(tmp_path):
-    from bench.aggregate import cost_table, load_runs
+    from bench.results.aggregate import cost_table, load_runs
 
     out = tmp_path / "sweep"
     assert main(["run", "--methods", "vanilla", "--seeds", "0,1", "--epochs", "1", *GRID, "--out", str(out),

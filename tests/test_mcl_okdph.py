@@ -235,8 +235,8 @@ def test_okdph_official_settings_follow_the_backbone():
 def test_mcl_and_okdph_train_digits_and_export_plain_networks_that_reproduce_their_error(tmp_path, capsys):
     import json
 
-    from bench import runs
     from bench.cli import main
+    from bench.store import runs
     from tests.conftest import exported_top1_error
 
     out = tmp_path / "sweep"
@@ -261,9 +261,10 @@ def test_mcl_and_okdph_train_digits_and_export_plain_networks_that_reproduce_the
 def test_the_official_presets_carry_their_authors_recipes(tmp_path):
     import json
 
-    from bench import records, runs
     from bench.cli import main
-    from bench.config import SweepConfig, from_dict, load_preset
+    from bench.config import SweepConfig, from_dict
+    from bench.store import records, runs
+    from bench.sweep.settings import load_preset
 
     mcl = from_dict(SweepConfig, load_preset("mcl-official"))
     assert (mcl.optim.schedule, mcl.optim.nesterov, mcl.data.sampler, mcl.data.per_class, mcl.data.batch_size,

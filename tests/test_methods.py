@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 import backbones
-from bench.config import SweepConfig, from_dict, load_preset, run_config
+from bench.config import SweepConfig, from_dict
 from bench.errors import UsageError
-from bench.train import train_run
+from bench.sweep.settings import load_preset, run_config
+from bench.train.trainer import train_run
 from methods import METHODS, build_method
 from methods.base import Progress
 from methods.losses import kd_loss

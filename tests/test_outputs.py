@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import runs
 from bench.cli import main
+from bench.store import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--methods", "vanilla", "--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0", "--epochs",

@@ -184,7 +184,8 @@ def test_config_file_plugins_are_relative_to_the_config(tmp_path):
     folder.mkdir()
     shutil.copy(EXAMPLE, folder / "cfg_method.py")
     (folder / "sweep.yaml").write_text("plugins: [cfg_method.py]\nmethods: [mutual_mse]\n")
-    from bench.cli import build_sweep, make_parser
+    from bench.cli.grid import build_sweep
+    from bench.cli.parser import make_parser
 
     args = make_parser().parse_args(["run", "--config", str(folder / "sweep.yaml"), "--datasets", "digits"])
     sweep, _ = build_sweep(args)

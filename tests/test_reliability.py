@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import records, runs
 from bench.cli import main
-from bench.status import run_states
+from bench.results.status import run_states
+from bench.store import records, runs
 from methods.base import METHODS, register_method
 from methods.vanilla import Vanilla
 
@@ -204,8 +204,9 @@ def test_run_folders_never_escape_the_results_folder(part, tmp_path):
 def test_checkpoints_are_loaded_with_weights_only(tmp_path):
     import pickle
 
-    from bench.config import SweepConfig, from_dict, load_preset, run_config
-    from bench.train import Trainer
+    from bench.config import SweepConfig, from_dict
+    from bench.sweep.settings import load_preset, run_config
+    from bench.train.trainer import Trainer
 
     class Evil:
         def __reduce__(self):
@@ -391,7 +392,8 @@ def test_a_finished_sweep_leaves_no_launcher_to_signal(tmp_path):
 
 
 def _demo_config(epochs: int):
-    from bench.config import SweepConfig, from_dict, load_preset, run_config
+    from bench.config import SweepConfig, from_dict
+    from bench.sweep.settings import load_preset, run_config
 
     sweep = from_dict(SweepConfig, load_preset("demo"))
     sweep.epochs = epochs
@@ -441,7 +443,7 @@ DAMAGES = ["zero_bytes", "missing_key", "epoch_beyond_the_run", "history_short",
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     """A clean 1-epoch run: its summary, and its trained checkpoint (what the tampered ones start from)."""
-    from bench.train import train_run
+    from bench.train.trainer import train_run
 
     folder = tmp_path_factory.mktemp("clean") / "run"
     summary = train_run(_demo_config(1), folder, progress_bar=False)
@@ -459,7 +461,7 @@ def test_a_rejected_checkpoint_leaves_no_trace_the_run_equals_a_clean_one(damage
     file and its first problem."""
     import copy
 
-    from bench.train import Trainer
+    from bench.train.trainer import Trainer
 
     reference, trained, reference_folder = clean_run
     folder = tmp_path / "run"
@@ -600,9 +602,10 @@ def test_a_job_pickled_by_an_older_version_runs_with_this_versions_defaults(tmp_
     config.yaml reads, instead of failing with an AttributeError inside the run."""
     import submitit
 
-    from bench.config import SweepConfig, from_dict, load_preset
-    from bench.launch import RunJob
-    from bench.sweep import expand, validate
+    from bench.config import SweepConfig, from_dict
+    from bench.launch.jobs import RunJob
+    from bench.sweep.grid import expand, validate
+    from bench.sweep.settings import load_preset
 
     sweep = from_dict(SweepConfig, load_preset("demo"))
     sweep.methods, sweep.backbones, sweep.seeds, sweep.epochs, sweep.out = ["dml"], ["cifar_resnet8"], [0], 1, \
@@ -626,7 +629,7 @@ def test_a_job_pickled_by_an_older_version_runs_with_this_versions_defaults(tmp_
 def test_a_resume_at_another_thread_count_is_recorded_and_said_in_the_summary(tmp_path):
     """The same settings give the same numbers; where a resume ran with other CPU threads than the start, the
     summary says so (and which), since the numbers may then differ from an uninterrupted run's."""
-    from bench.train import train_run
+    from bench.train.trainer import train_run
     from tests.conftest import train_until_interrupted
 
     threads = torch.get_num_threads()

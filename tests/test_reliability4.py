@@ -9,12 +9,15 @@ import typing
 
 import pytest
 
-from bench import runs
-from bench.cli import build_sweep, main, make_parser, parse_command_line
-from bench.config import SweepConfig, from_dict, load_preset
+from bench.cli import main
+from bench.cli.grid import build_sweep
+from bench.cli.parser import make_parser, parse_command_line
+from bench.config import SweepConfig, from_dict
 from bench.errors import UsageError
 from bench.ranges import check_options, declared
-from bench.sweep import resolve_variants
+from bench.store import runs
+from bench.sweep.grid import resolve_variants
+from bench.sweep.settings import load_preset
 from methods import METHODS
 
 GRID = ["--datasets", "digits", "--backbones", "cifar_resnet8", "--seeds", "0", "--no-progress", "--launcher",
@@ -216,7 +219,7 @@ def test_failure_kinds_of_real_errors_and_of_old_summaries(tmp_path):
     import errno
 
     from bench.files import storage_error
-    from bench.records import failed_by_machine, failure_kind
+    from bench.store.records import failed_by_machine, failure_kind
 
     full = storage_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "last.pt")
     assert failure_kind(full) == "machine" and failure_kind(PermissionError(errno.EACCES, "denied")) == "machine"
@@ -288,8 +291,9 @@ def test_a_preset_made_for_other_data_says_so_before_the_sweep(tmp_path, capsys)
 
 
 def test_the_warm_up_by_hand_per_step_composing_with_the_schedule(tmp_path):
-    from bench.config import run_config
-    from bench.train import Trainer, lr_at, warmup_factor
+    from bench.sweep.settings import run_config
+    from bench.train.schedule import lr_at, warmup_factor
+    from bench.train.trainer import Trainer
 
     sweep = from_dict(SweepConfig, load_preset("demo"))
     sweep.epochs, sweep.optim.warmup_fraction = 10, 0.2  # 2 epochs of warm-up, scaling with the run
@@ -313,8 +317,8 @@ def test_the_warm_up_by_hand_per_step_composing_with_the_schedule(tmp_path):
 
 
 def test_a_diverged_run_names_its_likely_remedy(tmp_path):
-    from bench.config import run_config
-    from bench.train import train_run
+    from bench.sweep.settings import run_config
+    from bench.train.trainer import train_run
 
     sweep = from_dict(SweepConfig, load_preset("demo"))
     sweep.epochs, sweep.optim.lr = 2, 1e30
@@ -328,7 +332,7 @@ def test_a_diverged_run_names_its_likely_remedy(tmp_path):
 
 
 def test_the_sweep_eta_counts_runs_not_yet_started():
-    from bench.status import estimate
+    from bench.results.status import estimate
 
     records = [{"run": "d/b/vanilla/seed0", "state": "done", "epoch": 10, "epochs": 10, "epoch_s": 2.0},
                {"run": "d/b/vanilla/seed1", "state": "running", "epoch": 5, "epochs": 10, "epoch_s": 2.0},
@@ -338,7 +342,7 @@ def test_the_sweep_eta_counts_runs_not_yet_started():
 
 
 def test_help_names_every_preset(capsys):
-    from bench.config import preset_names
+    from bench.sweep.settings import preset_names
 
     with pytest.raises(SystemExit):
         main(["run", "--help"])
@@ -347,7 +351,7 @@ def test_help_names_every_preset(capsys):
 
 
 def test_few_classes_have_no_top5_cpu_runs_no_gpu_hours_and_one_seed_no_spread(tmp_path, capsys):
-    from bench.aggregate import TableSpec, cost_markdown, cost_table, load_runs, render
+    from bench.results.aggregate import TableSpec, cost_markdown, cost_table, load_runs, render
 
     out = tmp_path / "s"
     (tmp_path / "img" / "train").mkdir(parents=True)
@@ -375,8 +379,8 @@ def test_few_classes_have_no_top5_cpu_runs_no_gpu_hours_and_one_seed_no_spread(t
 
 
 def test_curve_plots_of_five_epochs_tick_whole_epochs(tmp_path, monkeypatch):
-    from bench import plots
-    from bench.aggregate import load_runs
+    from bench.results import plots
+    from bench.results.aggregate import load_runs
 
     out = tmp_path / "s"
     assert main(["run", "--out", str(out), *GRID, "--methods", "vanilla", "--epochs", "5"]) == 0
@@ -394,7 +398,7 @@ def test_curve_plots_of_five_epochs_tick_whole_epochs(tmp_path, monkeypatch):
 
 
 def test_the_report_s_tables_scroll_instead_of_being_cut(tmp_path):
-    from bench.report import STYLE
+    from bench.results.report import STYLE
 
     rule = STYLE.split("table {")[1].split("}")[0]
     assert "overflow-x: auto" in rule and "display: block" in rule

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from bench import runs
 from bench.cli import main
 from bench.data import (
     DATASETS,
@@ -26,6 +25,7 @@ from bench.data import (
 )
 from bench.data.recipes import RANDAUGMENT_OPS, _randaugment_op, apply_extras, cutout, randaugment, rotate
 from bench.errors import UsageError
+from bench.store import runs
 from tests.conftest import write_image_folder
 
 CPU = torch.device("cpu")
@@ -112,8 +112,9 @@ def _data_cfg():
 
 
 def test_a_class_balanced_run_resumes_to_the_uninterrupted_result(tmp_path):
-    from bench.config import SweepConfig, from_dict, load_preset, run_config
-    from bench.train import train_run
+    from bench.config import SweepConfig, from_dict
+    from bench.sweep.settings import load_preset, run_config
+    from bench.train.trainer import train_run
     from tests.conftest import train_until_interrupted
 
     sweep = from_dict(SweepConfig, load_preset("demo"))

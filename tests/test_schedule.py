@@ -7,8 +7,9 @@ import math
 import pytest
 
 from bench.cli import main
-from bench.config import SweepConfig, from_dict, load_preset, parse_override, resolved_schedule, run_config
-from bench.train import lr_at
+from bench.config import SweepConfig, from_dict
+from bench.sweep.settings import load_preset, parse_override, resolved_schedule, run_config
+from bench.train.schedule import lr_at
 from methods.base import Progress
 
 
@@ -58,7 +59,7 @@ def test_the_sweep_prints_its_schedule_and_warns_when_it_cannot_act(tmp_path, ca
 def test_the_schedule_line_names_a_ramp_up_only_for_methods_that_have_one():
     """Issue 30, item 11: a sweep of methods without a KD ramp-up (vanilla, DML, KD, ...) prints none; a warm-up is
     named with its epochs, resolved from its fraction of the run."""
-    from bench.sweep import schedule_line
+    from bench.sweep.grid import schedule_line
 
     sweep = paper(100, "rampup_epochs=300", "optim.warmup_fraction=0.05")
     line = schedule_line(sweep, ["vanilla", "dml", "kd"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 from bench.cli import main
-from bench.speed import COLUMNS
+from bench.speed.paths import COLUMNS
 
 
 def test_bench_speed_writes_its_table_and_csv(tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_reference_rounds_hand_the_workers_exactly_the_batches_they_consume():
     import numpy as np
     import torch
 
-    from bench.speed import reference_data_rate, reference_loader
+    from bench.speed.paths import reference_data_rate, reference_loader
 
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, 40)

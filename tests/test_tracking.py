@@ -89,7 +89,7 @@ def test_a_failing_tracker_warns_once_and_the_run_goes_on(tmp_path, capsys):
 def test_a_tracker_failing_mid_run_warns_once_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
     import errno
 
-    from bench import loggers
+    from bench.train import loggers
 
     calls = []
 
@@ -148,7 +148,7 @@ def test_status_shows_progress_speed_and_eta(tmp_path, capsys):
 
 
 def test_status_watch_redraws_until_every_run_has_finished(tmp_path, capsys, monkeypatch):
-    from bench import status
+    from bench.results import status
 
     out = tmp_path / "sweep"
     assert main(["run", "--methods", "vanilla", *GRID, "--epochs", "1", "--launcher", "inline", "--out", str(out)]) == 0

@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 
-from bench import records, runs
-from bench.config import SweepConfig, from_dict, load_preset, run_config
-from bench.train import train_run
+from bench.config import SweepConfig, from_dict
+from bench.store import records, runs
+from bench.sweep.settings import load_preset, run_config
+from bench.train.trainer import train_run
 from tests.conftest import train_until_interrupted
 
 
@@ -51,8 +52,8 @@ def test_run_writes_config_metrics_summary_and_checkpoint(tmp_path):
 def test_optimizer_implementations_take_the_same_step(impl):
     """compute.optimizer_impl changes how SGD runs, not what it computes: one step of each equals a
     hand-written Nesterov SGD step with weight decay."""
-    from bench.compute import build_optimizer
     from bench.config import OptimConfig
+    from bench.train.compute import build_optimizer
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from backbones import backbone_factory
-from bench.cli import build_sweep, main, make_parser
-from bench.config import run_config
+from bench.cli import main
+from bench.cli.grid import build_sweep
+from bench.cli.parser import make_parser
+from bench.sweep.settings import run_config
 from methods import Progress, build_method
 
 

@@ -73,7 +73,7 @@ def cache_dir() -> Path:
 
 def write_cache(path: Path, data: bytes) -> None:
     """Best effort: a cache that cannot be written only costs time."""
-    from bench import runs
+    from bench.store import runs
 
     try:
         runs.atomic_write(path, lambda f: f.write(data), binary=True)

@@ -1,0 +1,2 @@
+"""Turning run folders into results: collection, tables, costs, plots, the HTML report, status and the exported
+network."""

@@ -41,7 +41,7 @@ def draw(out: Path, target: Path) -> None:
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1.0, 1.35)
-    for (row, column), cell in table.get_celld().items():
+    for (_row, column), cell in table.get_celld().items():
         if column == 0:  # the method names, left-aligned as in the Markdown table
             cell.get_text().set_horizontalalignment("left")
             cell.PAD = 0.04

@@ -44,8 +44,15 @@ def list_backbones() -> list[str]:
 
 
 def check_backbone(name: str) -> None:
+    """A registered model, or timm's tagged name of its weights (`resnet18.a1_in1k`): one line with a close match."""
     if not timm.is_model(name):
         raise unknown("backbone", name, CIFAR_BACKBONES + timm.list_models())
+    if "." in name:
+        try:
+            timm.models.get_pretrained_cfg(name)
+        except RuntimeError:
+            arch = name.split(".", 1)[0]
+            raise unknown(f"weights tag of {arch}", name, timm.list_pretrained(f"{arch}.*")) from None
 
 
 def create_backbone(name: str, num_classes: int, img_size: int | None = None, **kwargs) -> timm.models.nn.Module:
@@ -54,11 +61,18 @@ def create_backbone(name: str, num_classes: int, img_size: int | None = None, **
     return create_backbone_with_kwargs(name, num_classes, img_size, **kwargs)[0]
 
 
-def backbone_factory(name: str, num_classes: int, img_size: int | None = None,
+def backbone_factory(name: str, num_classes: int, img_size: int | None = None, pretrained: dict | None = None,
                      **kwargs: Any) -> Callable[[], nn.Module]:
-    """A method's backbone factory: each call builds a freshly initialised `create_backbone(name, ...)`;
+    """A method's backbone factory: each call builds a freshly initialised `create_backbone(name, ...)`, then loads
+    `pretrained`'s weights into it where given (backbones.pretrained: a new classifier where the classes differ);
     `kwargs` (the config's `backbone_options`, e.g. `drop_rate`) go to the model's constructor."""
-    return functools.partial(create_backbone, name, num_classes, img_size, **kwargs)
+    build = functools.partial(create_backbone, name, num_classes, img_size, **kwargs)
+    if not pretrained:
+        return build
+    from backbones.pretrained import pretrained_builder
+
+    used = create_backbone_with_kwargs(name, num_classes, img_size, **kwargs)[1]
+    return pretrained_builder(build, pretrained, name, used)
 
 
 class NetworkFactory:
@@ -71,6 +85,7 @@ class NetworkFactory:
                  names: list[str] | None = None) -> None:
         self.factories = [student, *partners]
         self.names = names or []  # the backbones' names, student first
+        self.labels = list(self.names)  # as run folders name them (folder_label: `@pretrained` where it is)
 
     def __call__(self) -> nn.Module:
         return self.factories[0]()
@@ -84,10 +99,21 @@ class NetworkFactory:
 
 
 def network_factory(student: str, partners: list[str], num_classes: int, img_size: int | None = None,
-                    **kwargs: Any) -> NetworkFactory:
-    """The NetworkFactory of a run: `student` with the config's backbone options, each partner plain."""
-    return NetworkFactory(backbone_factory(student, num_classes, img_size, **kwargs),
-                          [backbone_factory(p, num_classes, img_size) for p in partners], [student, *partners])
+                    pretrained: dict[str, dict] | None = None, **kwargs: Any) -> NetworkFactory:
+    """The NetworkFactory of a run: `student` with the config's backbone options, each partner plain; each from its
+    own entry of `pretrained` (backbone -> source record) where it has one."""
+    pretrained = pretrained or {}
+    factory = NetworkFactory(backbone_factory(student, num_classes, img_size, pretrained.get(student), **kwargs),
+                             [backbone_factory(p, num_classes, img_size, pretrained.get(p)) for p in partners],
+                             [student, *partners])
+    factory.labels = [folder_label(n, pretrained) for n in factory.names]
+    return factory
+
+
+def folder_label(name: str, pretrained: dict[str, dict] | None) -> str:
+    """A backbone as run folders, tables and plots name it: `resnet18`, or `resnet18@pretrained` when the run starts
+    it from pretrained weights, so that pretrained and from-scratch runs never share a folder or a cell."""
+    return f"{name}@pretrained" if (pretrained or {}).get(name) else name
 
 
 def split_entry(entry: str) -> tuple[str, list[str]]:

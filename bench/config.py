@@ -59,6 +59,8 @@ class DataConfig(Settings):
     sampler: str = "random"  # random (a permutation per epoch) or class_balanced (per_class images of each class)
     per_class: int = 2  # images of each class in a class-balanced batch (MCL: 2 of 64 classes at batch 128)
     view_augment: list[str] = field(default_factory=list)  # each view's recipe (bench.data.recipes); empty: crop+flip
+    mean: list[float] = field(default_factory=list)  # normalisation; empty: the dataset's (or, for a run that starts
+    std: list[float] = field(default_factory=list)  # from timm's weights, their pretrained_cfg's)
 
 
 @dataclass
@@ -130,6 +132,8 @@ class RunConfig(TrainConfig):
     partners: list[str] = field(default_factory=list)  # the backbones of networks 1.. (`--backbones A+B`); [] alone
     variant: dict[str, Any] = field(default_factory=dict)  # the options that make this run a variant of its method
     # (bench.sweep.variants; {} for the method as such): its folder and table row are `method+opt=value`
+    pretrained: dict[str, Any] = field(default_factory=dict)  # backbone -> the source of its starting weights
+    # (backbones.pretrained: {source: timm, model} or {source: file, path, sha256}); {}: from scratch
     runtime: dict[str, Any] = field(default_factory=dict)  # what the run found where it ran (threads, device,
     # packing, deterministic algorithms): recorded, not part of the run's identity (Trainer.runtime_record)
 
@@ -145,6 +149,8 @@ class SweepConfig(TrainConfig):
     out: str = "results/default"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_sources: dict[str, DatasetSource] = field(default_factory=dict)  # from `NAME=KIND:ROOT` entries
+    pretrained: dict[str, Any] = field(default_factory=dict)  # backbone -> true (timm's weights), false or a FILE;
+    # "*": every backbone of the sweep (`pretrained=true`); resolved into each run's `pretrained` before any run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +229,10 @@ def from_dict(cls: type, data: Any, where: str = "config", base: Any = None) -> 
         tp = hints[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = from_dict(tp, value, f"{where}.{key}", base=getattr(obj, key))
+        elif key == "pretrained" and not isinstance(value, dict) and isinstance(obj, SweepConfig):
+            value = {**getattr(obj, key), "*": value}  # `pretrained: true` / `pretrained=FILE`: every backbone
+        elif key == "pretrained" and isinstance(value, dict) and isinstance(obj, SweepConfig):
+            value = {**getattr(obj, key), **{str(k): v for k, v in value.items()}}
         elif typing.get_origin(tp) is dict and key == "options" and isinstance(value, dict):
             merged = dict(getattr(obj, key))
             for k, v in coerce(value, tp, f"{where}.{key}").items():

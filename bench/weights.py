@@ -33,7 +33,9 @@ def read_weights(path: Path, what: str) -> dict[str, Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower() and head[:1] != b"\x80":  # not a pickle at all
+            raise UsageError(f"{what}: {path} is not a weights file torch can read; {REWRITE}") from None
         raise UsageError(f"{what}: {path} holds objects other than tensors, which would need their code to load (only "
                          f"weights are read); {REWRITE}") from None
     except Exception as err:  # noqa: BLE001  (torch reports a file that is no torch file in many ways)

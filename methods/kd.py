@@ -75,6 +75,8 @@ class KD(OnlineKDMethod):
         self.teacher = network(1)()
         names = getattr(backbone, "names", None) or []
         self.teacher_name = names[-1] if len(names) > 1 else None
+        labels = getattr(backbone, "labels", None) or names  # the teacher run's folder (`@pretrained` where it is)
+        self.teacher_folder = labels[-1] if len(labels) > 1 else None
         self.same_size = len(names) < 2 or names[0] == names[1]  # the teacher exports as the student's backbone
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -102,7 +104,7 @@ class KD(OnlineKDMethod):
             load_weights(Path(self.opts.teacher_weights), self.teacher, "kd.teacher_weights")
             return
         folder = Path(folder)
-        teacher_run = folder.parents[2] / str(self.teacher_name) / "vanilla" / folder.name
+        teacher_run = folder.parents[2] / str(self.teacher_folder) / "vanilla" / folder.name
         load_weights(teacher_run / TEACHER_FILES[self.opts.teacher_epoch], self.teacher,
                      f"kd's teacher (the vanilla run {teacher_run})")
 

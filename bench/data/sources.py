@@ -153,11 +153,15 @@ def dataset_spec(name: str, data_cfg, source=None) -> DatasetSpec:
     """The dataset a run trains on: registered (or from `source`), at `data.image_size` when set (the crop
     padding scaled with it, e.g. CIFAR's 4 at 32 -> 8 at 64)."""
     if source is not None:
-        return source_spec(name, source, data_cfg)
-    spec = DATASETS.get(name)
-    size = int(data_cfg.image_size or 0)
-    if size and size != spec.image_size:
-        spec = dataclasses.replace(spec, image_size=size, pad=round(spec.pad * size / spec.image_size))
+        spec = source_spec(name, source, data_cfg)
+    else:
+        spec = DATASETS.get(name)
+        size = int(data_cfg.image_size or 0)
+        if size and size != spec.image_size:
+            spec = dataclasses.replace(spec, image_size=size, pad=round(spec.pad * size / spec.image_size))
+    mean, std = getattr(data_cfg, "mean", None), getattr(data_cfg, "std", None)
+    if mean and std:  # the normalisation of the weights a run starts from (their pretrained_cfg), not the data's
+        spec = dataclasses.replace(spec, mean=tuple(map(float, mean)), std=tuple(map(float, std)))
     return spec
 
 

@@ -118,7 +118,7 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     check_builds(specs)  # a bad value is its own error, never "a different config"
     check_run_folders(specs, opts.force, sweep)
     todo, skipped = classify(specs, out, opts)
-    for note in notes or []:
+    for note in [*(notes or []), *start_notes(specs)]:
         print(note, file=sys.stderr)
     skips = [f"{n} {k}" for k, n in skipped.items() if n and k != "machine"]
     print(sweep_line(len(specs), len(todo), skips, out, preset, opts.launcher))
@@ -155,6 +155,18 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
     finally:
         if me is not None:  # this launcher is done: nothing left for 'bench cancel' to signal by its identity
             clear_launcher(out, me)
+
+
+def start_notes(specs: list[RunSpec]) -> list[str]:
+    """What the sweep's start says once about its runs' starting weights (a classifier that is new)."""
+    from bench.data import run_dataset
+    from bench.sweep.pretrained import pretrained_notes
+
+    sources = {b: r for s in specs for b, r in (s.config.pretrained or {}).items()}
+    if not sources:
+        return []
+    classes = {s.config.dataset: run_dataset(s.config).num_classes for s in specs}
+    return pretrained_notes(sources, classes)
 
 
 def clear_launcher(out: Path, me: dict) -> None:

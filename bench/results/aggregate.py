@@ -127,6 +127,7 @@ class Cell:
     best: bool = False
     differs: list[str] = field(default_factory=list)  # RUNTIME names in which the cell's runs differ
     protocols: list[str] = field(default_factory=list)  # the training recipes of the cell's runs
+    starts: list[str] = field(default_factory=list)  # where its runs' weights started (pretrained sources)
 
     @property
     def diff(self) -> float | None:
@@ -149,6 +150,7 @@ def build_table(collection: Collection, spec: TableSpec) -> tuple[list[str], lis
         cell.differs = [name for name in RUNTIME if f"runtime_{name}" in group
                         and group[f"runtime_{name}"].nunique(dropna=False) > 1]
         cell.protocols = sorted(set(group.protocol)) if "protocol" in group else ["common"]
+        cell.starts = sorted({s for s in group.pretrained if s}) if "pretrained" in group else []
         if ref is not None and cell.protocols == ["common"]:  # the paper's numbers are the common protocol's
             cell.paper = _paper_value(ref, dataset, backbone, row, spec)
         if spec.significance and row != "vanilla":
@@ -198,6 +200,15 @@ def protocol_note(cells: dict) -> str | None:
             + "; the common protocol's rows are not comparable with it.")
 
 
+def pretrained_note(cells: dict) -> str | None:
+    """The table's line saying which columns start from pretrained weights, and from which, or None."""
+    starts = sorted({s for c in cells.values() for s in c.starts})
+    if not starts:
+        return None
+    return ("@pretrained: the runs start from pretrained weights (" + "; ".join(starts) + "); from-scratch runs of "
+            "the same backbone are their own column.")
+
+
 def _has_paper(columns, rows, cells) -> dict:
     return {col: any(cells.get((r, col)) and cells[(r, col)].paper is not None for r in rows) for col in columns}
 
@@ -234,6 +245,8 @@ def to_markdown(rows, columns, cells, spec: TableSpec) -> str:
         lines += ["", "†: differs from Vanilla, Welch's t-test p < 0.05 over seeds."]
     if mixed := mixed_note(cells):
         lines += ["", mixed]
+    if started := pretrained_note(cells):
+        lines += ["", started]
     for row in rows:
         if row in FALLBACKS:
             lines += ["", f"{display_name(row)} reports {FALLBACKS[row][0]}: its method's usual model, "

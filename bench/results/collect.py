@@ -164,7 +164,9 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             counts["partial"] += 1
             notes.append(f"unfinished run (no summary.json): {folder}")
             continue
+        started = summary.get("pretrained") if isinstance(summary.get("pretrained"), dict) else {}
         ident = {**{k: summary[k] for k in ("dataset", "backbone", "seed")}, "method": row_of(summary)}
+        ident["backbone"] = label_of(str(summary["backbone"]), started)  # never a from-scratch run's cell
         labels = [summary.get(k) for k in ("variant_label", "partner_label")]
         remember_display_name(summary["method"], summary.get("display_name"), ident["method"],
                               " ".join(x.strip() for x in labels if isinstance(x, str) and x.strip()))
@@ -175,7 +177,9 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         partners = summary.get("partners") if isinstance(summary.get("partners"), list) else []
         flops = summary.get("flops") if isinstance(summary.get("flops"), dict) else {}
         run_rows.append({**ident, **runtime_columns(summary), "status": summary["status"], "folder": str(folder),
-                         "base_method": summary["method"], "partners": "+".join(map(str, partners)),
+                         "base_method": summary["method"],
+                         "partners": "+".join(label_of(str(p), started) for p in partners),
+                         "pretrained": "; ".join(f"{b}: {describe(r)}" for b, r in started.items()),
                          "partner_params": _number_sum(summary.get("partner_params")),
                          "flops_deployed": flops.get("deployed"), "flops_partners": _number_sum(flops.get("partners")),
                          "two_stage": summary.get("two_stage") is True,
@@ -196,6 +200,7 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             best = summary.get("best", {}).get(model, {})
             row = {**ident, **runtime, "eval_model": model, "is_headline": model == headline,
                    "base_method": summary["method"], "protocol": str(summary.get("protocol") or "common"),
+                   "pretrained": "; ".join(f"{b}: {describe(r)}" for b, r in started.items()),
                    "variant": json.dumps(summary.get("variant") or {}, sort_keys=True),
                    "options": json.dumps(summary.get("options") or {}, sort_keys=True, default=str)}
             for epoch, values in (("final", final), ("best", best)):
@@ -213,6 +218,17 @@ def load_runs(roots: Iterable[Path]) -> Collection:
     if shown:
         notes.insert(0, f"skipped runs: {shown}")
     return Collection(pd.DataFrame(models), pd.DataFrame(curves), pd.DataFrame(run_rows), notes)
+
+
+def label_of(backbone: str, started: dict) -> str:
+    """A backbone as its table column names it: `resnet18@pretrained` for a run that started it from weights."""
+    return f"{backbone}@pretrained" if started.get(backbone) else backbone
+
+
+def describe(record) -> str:
+    from backbones.pretrained import describe as words
+
+    return words(record) if isinstance(record, dict) else str(record)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ def metadata(net: Network, summary: dict, name: str, fmt: str, file: Path) -> di
         "pretrained_cfg": net.pretrained_cfg,
         "method": summary.get("method"), "eval_model": name, "headline": name == summary.get("headline_model"),
         "partners": summary.get("partners") or [],
+        "pretrained": (summary.get("pretrained") or {}).get(summary.get("backbone")),  # where its weights started
         "dataset": summary.get("dataset"), "seed": summary.get("seed"), "epochs": summary.get("epochs_done"),
         "top1_error": final.get("top1_error"), "top5_error": final.get("top5_error"),
         "git_commit": summary.get("git_commit"),

@@ -31,6 +31,7 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
     new = config_record(cfg)
     if isinstance(old, dict):
         check_same_plugins(folder, old.pop("loaded_plugins", None) or [], new.pop("loaded_plugins", None) or [])
+        check_same_weights(folder, old.get("pretrained") or {}, new.get("pretrained") or {})
         for settings in (old, new):
             settings.pop("logging", None)  # trackers can be switched on or off for a run at any time
             settings.pop("runtime", None)  # where it ran is recorded, not a setting
@@ -43,6 +44,21 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "
                          "use another --out, or --force to overwrite it")
+
+
+def check_same_weights(folder: Path, old: dict, new: dict) -> None:
+    """A run continues only from the starting weights it started from: a pretrained file whose content changed (its
+    sha256) under a run that is not done is refused, naming the file, as a changed plug-in is."""
+    if runs.run_status(folder) == "done":
+        new.update({k: v for k, v in old.items() if k in new and v.get("path") == new[k].get("path")})
+        return  # a done run keeps the weights it was trained from; it is not "a different config"
+    for backbone, was in old.items():
+        now = new.get(backbone) or {}
+        if was.get("source") == now.get("source") == "file" and was.get("path") == now.get("path") and \
+                was.get("sha256") != now.get("sha256"):
+            raise UsageError(f"{folder}: the pretrained weights of {backbone} ({now.get('path')}) changed since the "
+                             f"run started (sha256 {str(was.get('sha256'))[:12]} then, {str(now.get('sha256'))[:12]} "
+                             "now); restore the file, or use --force to start the run again from the new weights")
 
 
 def check_same_plugins(folder: Path, old: list[dict], new: list[dict]) -> None:

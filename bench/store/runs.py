@@ -38,7 +38,7 @@ from bench.store.runfiles import (  # noqa: F401  (the run folder's file names, 
     TENSORBOARD_DIR,
 )
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.+=,-]")
+_SAFE = re.compile(r"[^A-Za-z0-9_.+=,@-]")  # @: `resnet18@pretrained`
 
 
 def safe_part(part: str) -> str:

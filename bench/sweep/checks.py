@@ -41,13 +41,14 @@ def check_builds(specs: list[Any]) -> None:
         for spec in specs:
             c = spec.config
             key = (c.method, repr(sorted(c.options.items())), c.backbone, tuple(c.partners), c.dataset,
-                   repr(c.backbone_options))
+                   repr(c.backbone_options), repr(c.pretrained))
             if key in seen:
                 continue
             seen.add(key)
             data = run_dataset(c)
             size = data.image_size
-            factory = network_factory(c.backbone, c.partners, data.num_classes, size, **c.backbone_options)
+            factory = network_factory(c.backbone, c.partners, data.num_classes, size, c.pretrained,
+                                      **c.backbone_options)
             check_sampler(c.data, data.num_classes, c.dataset)
             try:
                 method = build_method(c.method, factory, data.num_classes, c.options)

@@ -131,15 +131,17 @@ MAX_EPOCHS = 100_000
 SCHEDULES = ("step", "cosine")
 
 
-def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]]) -> list[RunSpec]:
+def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]],
+           sources: dict[str, dict[str, Any]] | None = None) -> list[RunSpec]:
     """Every run of the grid, in a stable order (dataset, backbone entry, method, seed), each folder once.
 
     A backbone entry `STUDENT+PARTNER` gives a method that takes partners (methods.OnlineKDMethod.partner_range)
     network i + 1 from partner i, in `<dataset>/STUDENT+PARTNER/<method>/seed<k>`; a method that takes none trains
     on STUDENT alone, the very run of the plain `STUDENT` entry. A method whose partners are trained first (KD's
     teacher: the vanilla run of TEACHER on the same dataset and seed) depends on those runs, which join the grid
-    before it."""
-    from backbones import split_entry
+    before it. `sources`: where backbones start from (bench.sweep.pretrained); a run that starts a network from
+    pretrained weights is in `<dataset>/STUDENT@pretrained/...`, never in a from-scratch run's folder."""
+    from backbones import folder_label, split_entry
     from bench import plugins
     from methods import METHODS
 
@@ -166,9 +168,12 @@ def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]]) -
                 run_options = with_network_count(v, options, used, sweep)
                 for seed in sweep.seeds:
                     needs = used and cls.needs_partner_runs(run_options)
-                    deps = tuple(add_partner_run(specs, sweep, out, d, p, seed, loaded) for p in used) if needs else ()
-                    folder = runs.run_dir(out, d, "+".join([student, *used]), v.key, seed)
-                    config = run_config(sweep, v.method, student, d, seed, run_options, loaded, v.options, used)
+                    deps = tuple(add_partner_run(specs, sweep, out, d, p, seed, loaded, sources) for p in used) \
+                        if needs else ()
+                    entry_folder = "+".join(folder_label(b, sources) for b in [student, *used])
+                    folder = runs.run_dir(out, d, entry_folder, v.key, seed)
+                    config = run_config(sweep, v.method, student, d, seed, run_options, loaded, v.options, used,
+                                        sources)
                     specs.setdefault(folder, RunSpec(config, folder, deps))
     return list(specs.values())
 
@@ -188,14 +193,16 @@ def with_network_count(variant: Variant, options: dict[str, Any], partners: list
 
 
 def add_partner_run(specs: dict[Path, RunSpec], sweep: SweepConfig, out: Path, dataset: str, backbone: str, seed: int,
-                    loaded: list[dict[str, str]]) -> Path:
-    """The vanilla run of `backbone` (a teacher) in the grid, once; returns its folder."""
+                    loaded: list[dict[str, str]], sources: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The vanilla run of `backbone` (a teacher, fine-tuned from its own pretrained weights where it has them) in the
+    grid, once; returns its folder."""
+    from backbones import folder_label
     from methods.base import options_dict, resolve_options
 
-    folder = runs.run_dir(out, dataset, backbone, "vanilla", seed)
+    folder = runs.run_dir(out, dataset, folder_label(backbone, sources), "vanilla", seed)
     if folder not in specs:
         config = run_config(sweep, "vanilla", backbone, dataset, seed, options_dict(resolve_options("vanilla", {})),
-                            loaded)
+                            loaded, pretrained=sources)
         specs[folder] = RunSpec(config, folder)
     return folder
 
@@ -205,7 +212,9 @@ def prepare(sweep: SweepConfig) -> list[RunSpec]:
     variants = validate(sweep)
     check_writable(Path(sweep.out))
     check_data(sweep)
-    specs = expand(sweep, variants)
+    from bench.sweep.pretrained import resolve_pretrained
+
+    specs = expand(sweep, variants, resolve_pretrained(sweep))
     from bench.files import check_path
 
     for spec in specs:  # e.g. a variant of many options: its folder name past the file system's limit

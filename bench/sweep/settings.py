@@ -46,6 +46,8 @@ def parse_override(text: str, method_names: list[str] | None) -> dict:
 
         return {"options": {parts[1]: {parts[2]: [_scalar(v) for v in split_top_level(raw, f"override '{text}'")]}}}
     value = _scalar(raw) if raw.strip() else ""
+    if parts[0] == "pretrained" and len(parts) > 1:  # `pretrained.resnet18.a1_in1k=FILE`: a tagged name has dots
+        return {"pretrained": {".".join(parts[1:]): value}}
     out: dict = {}
     node = out
     for p in parts[:-1]:
@@ -115,14 +117,35 @@ def resolved_warmup(cfg: TrainConfig) -> float:
     return float(given) if given is not None else round(getattr(cfg.optim, "warmup_fraction", 0.0) * cfg.epochs, 3)
 
 
+def weights_input(data: Any, record: dict[str, Any] | None) -> None:
+    """A run whose student starts from timm's weights sees images as they were trained on: the weights'
+    `pretrained_cfg` input size and mean/std, unless the sweep sets `data.image_size` or `data.mean`/`data.std`."""
+    if not record or record.get("source") != "timm":
+        return
+    from backbones.pretrained import timm_weights_of
+
+    cfg = timm_weights_of(record["model"])
+    if cfg is None:
+        return
+    if not data.image_size:
+        data.image_size = int(cfg.input_size[-1])
+    if not data.mean and not data.std:
+        data.mean, data.std = [float(x) for x in cfg.mean], [float(x) for x in cfg.std]
+
+
 def run_config(sweep: SweepConfig, method: str, backbone: str, dataset: str, seed: int,
                options: dict[str, Any], loaded_plugins: list[dict[str, str]] | None = None,
-               variant: dict[str, Any] | None = None, partners: list[str] | None = None) -> RunConfig:
-    """The fully resolved config of one grid cell (`options`: the method's resolved options)."""
+               variant: dict[str, Any] | None = None, partners: list[str] | None = None,
+               pretrained: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The fully resolved config of one grid cell (`options`: the method's resolved options; `pretrained`: the
+    sweep's resolved sources, of which the run keeps its own networks')."""
     shared = {f.name: copy.deepcopy(getattr(sweep, f.name)) for f in dataclasses.fields(TrainConfig)}
     shared["optim"].milestones, shared["rampup_epochs"] = resolved_schedule(sweep)
     shared["optim"].warmup_epochs = resolved_warmup(sweep)
+    weights_input(shared["data"], (pretrained or {}).get(backbone))
     return RunConfig(**shared, method=method, backbone=backbone, dataset=dataset, seed=seed,
                      options=dict(options), dataset_source=copy.deepcopy(sweep.dataset_sources.get(dataset)),
                      loaded_plugins=[dict(r) for r in loaded_plugins or []], variant=dict(variant or {}),
-                     partners=list(partners or []))
+                     partners=list(partners or []),
+                     pretrained={b: dict(r) for b, r in (pretrained or {}).items()
+                                 if b in (backbone, *(partners or []))})

@@ -83,7 +83,7 @@ class Trainer:
         seed_everything(cfg.seed)
 
         factory = network_factory(cfg.backbone, cfg.partners, spec.num_classes, spec.image_size,
-                                  **cfg.backbone_options)
+                                  getattr(cfg, "pretrained", None), **cfg.backbone_options)
         self.method: OnlineKDMethod = build_method(cfg.method, factory, spec.num_classes, cfg.options)
         self.method.prepare_run(self.folder)
         memory_format = torch.channels_last if cfg.compute.channels_last else torch.contiguous_format
@@ -347,6 +347,7 @@ class Trainer:
             "params": {"deployed": self.deployed_params, "training_total": count_params(self.method, True),
                        "all": count_params(self.method)},
             "partners": cfg.partners, "partner_params": self.partner_params,
+            "pretrained": dict(getattr(cfg, "pretrained", None) or {}),
             "flops": {"deployed": self.flops[0], "partners": self.flops[1:]},
             "two_stage": bool(cfg.partners) and type(self.method).needs_partner_runs(cfg.options),
             "partner_label": partner_label(type(self.method), cfg.partners, cfg.options),

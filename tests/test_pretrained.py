@@ -95,6 +95,9 @@ def test_a_new_classifier_where_the_classes_differ_and_the_table_marks_pretraine
     deployed = json.loads((folder / "deployed.json").read_text())
     assert deployed["pretrained"]["source"] == "file" and len(deployed["pretrained"]["sha256"]) == 64
     assert "five.st" in (out / "tables" / "runs.csv").read_text()
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "starting weights" in page and "cifar_resnet8: file five.st (sha256" in page
 
 
 def test_timm_weights_from_a_hugging_face_cache_folder_offline(tmp_path, monkeypatch, capsys):

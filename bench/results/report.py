@@ -88,6 +88,8 @@ def _provenance(collection) -> dict[str, Any]:
     for row in collection.runs.itertuples():
         grid["datasets"].add(row.dataset), grid["backbones"].add(row.backbone)
         grid["methods"].add(row.method), grid["seeds"].add(row.seed)
+        if getattr(row, "pretrained", ""):  # where its weights started (timm tag, or file and sha256)
+            grid.setdefault("starting weights", set()).add(row.pretrained)
         folder = Path(row.folder)
         try:
             config = load_config(folder)

@@ -132,6 +132,8 @@ class RunConfig(TrainConfig):
     partners: list[str] = field(default_factory=list)  # the backbones of networks 1.. (`--backbones A+B`); [] alone
     variant: dict[str, Any] = field(default_factory=dict)  # the options that make this run a variant of its method
     # (bench.sweep.variants; {} for the method as such): its folder and table row are `method+opt=value`
+    budget: dict[str, Any] = field(default_factory=dict)  # a budget-matched run (`vanilla[budget=pcl]`): the method
+    # whose training compute it matches, its epochs and theirs (bench.sweep.budget); {}: the sweep's epochs
     pretrained: dict[str, Any] = field(default_factory=dict)  # backbone -> the source of its starting weights
     # (backbones.pretrained: {source: timm, model} or {source: file, path, sha256}); {}: from scratch
     runtime: dict[str, Any] = field(default_factory=dict)  # what the run found where it ran (threads, device,

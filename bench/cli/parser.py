@@ -124,7 +124,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="paper-style results table of finished runs (Markdown, LaTeX, CSV)")
     add_table_flags(p)
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
-    p.add_argument("--costs", action="store_true", help="also print the cost table")
+    p.add_argument("--costs", action="store_true", help="also print the cost table (with training compute)")
+    p.add_argument("--budget", action="store_true", help="also print each method against a baseline given its "
+                                                          "training compute (runs such as vanilla[budget=pcl])")
     p.add_argument("--csv", metavar="PATH", help="export one row per run and eval model as CSV ('-': stdout)")
     p.add_argument("--write", metavar="DIR", help="also write results.{md,tex,csv}, costs.{md,csv}, runs.csv there")
     p.set_defaults(func=cmd_table, _parser=p)

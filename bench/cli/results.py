@@ -74,6 +74,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     print(render(collection, spec, args.format))
     if args.costs:
         print(cost_markdown(cost_table(collection)))
+    if args.budget:
+        from bench.results.compute import budget_markdown, budget_table
+
+        print(budget_markdown(budget_table(collection)))
     if args.write:
         paths = write_tables(collection, Path(args.write), spec)
         print(f"tables written to {args.write}: {', '.join(p.name for p in paths)}", file=sys.stderr)

@@ -158,15 +158,19 @@ def run_sweep(sweep: SweepConfig, preset: str, opts: LaunchOptions, stamp_key: s
 
 
 def start_notes(specs: list[RunSpec]) -> list[str]:
-    """What the sweep's start says once about its runs' starting weights (a classifier that is new)."""
+    """What the sweep's start says once about its runs: each budget-matched run's epochs, and starting weights whose
+    classifier is new."""
     from bench.data import run_dataset
+    from bench.sweep.budget import budget_line
     from bench.sweep.pretrained import pretrained_notes
 
+    lines = list(dict.fromkeys(budget_line(s.label.split("/")[2], "/".join(s.label.split("/")[:2]), s.config.budget)
+                               for s in specs if getattr(s.config, "budget", None)))
     sources = {b: r for s in specs for b, r in (s.config.pretrained or {}).items()}
     if not sources:
-        return []
+        return lines
     classes = {s.config.dataset: run_dataset(s.config).num_classes for s in specs}
-    return pretrained_notes(sources, classes)
+    return lines + pretrained_notes(sources, classes)
 
 
 def clear_launcher(out: Path, me: dict) -> None:

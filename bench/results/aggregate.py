@@ -343,4 +343,11 @@ def write_tables(collection: Collection, folder: Path, spec: TableSpec | None = 
     runs.write_text(folder / "costs.md", cost_markdown(costs))
     runs.write_text(folder / "costs.csv", costs.to_csv(index=False))
     runs.write_text(folder / "runs.csv", collection.models.to_csv(index=False))
-    return written + [folder / "costs.md", folder / "costs.csv", folder / "runs.csv"]
+    written += [folder / "costs.md", folder / "costs.csv", folder / "runs.csv"]
+    from bench.results.compute import budget_markdown, budget_table
+
+    matched = budget_table(collection)
+    if not matched.empty:  # a sweep with budget-matched runs: each method against a baseline at its compute
+        runs.write_text(folder / "budget.md", budget_markdown(matched))
+        written.append(folder / "budget.md")
+    return written

@@ -183,6 +183,8 @@ def load_runs(roots: Iterable[Path]) -> Collection:
                          "partner_params": _number_sum(summary.get("partner_params")),
                          "flops_deployed": flops.get("deployed"), "flops_partners": _number_sum(flops.get("partners")),
                          "two_stage": summary.get("two_stage") is True,
+                         "train_flops": _number_sum([summary.get("train_flops")]),
+                         "budget": str((summary.get("budget") or {}).get("method") or ""),
                          "epochs_done": summary.get("epochs_done"), "epochs": summary.get("epochs"),
                          "wall_clock_s": summary.get("wall_clock_s"), "images_per_s": summary.get("images_per_s"),
                          "device": summary.get("device"), "runs_per_device": summary.get("runs_per_device") or 1,
@@ -201,6 +203,8 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             row = {**ident, **runtime, "eval_model": model, "is_headline": model == headline,
                    "base_method": summary["method"], "protocol": str(summary.get("protocol") or "common"),
                    "pretrained": "; ".join(f"{b}: {describe(r)}" for b, r in started.items()),
+                   "budget": str((summary.get("budget") or {}).get("method") or ""),
+                   "train_flops": _number_sum([summary.get("train_flops")]),
                    "variant": json.dumps(summary.get("variant") or {}, sort_keys=True),
                    "options": json.dumps(summary.get("options") or {}, sort_keys=True, default=str)}
             for epoch, values in (("final", final), ("best", best)):

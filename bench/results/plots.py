@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bench.results.aggregate import MEMBERS, PAPER_ORDER, Collection, display_name, row_order  # noqa: E402
 from bench.results.collect import parse_row  # noqa: E402
+from bench.results.compute import headline_runs  # noqa: E402
 
 
 def method_colour(method: str) -> tuple:
@@ -189,8 +190,45 @@ def plot_headline_vs_ensemble(collection: Collection, folder: Path) -> list[Path
     return paths
 
 
+def plot_compute(collection: Collection, folder: Path) -> list[Path]:
+    """Final top-1 error against training compute (log x), one figure per dataset and backbone: every method a point
+    with its seed spread; a baseline and its budget-matched runs drawn as the line they form."""
+    heads = headline_runs(collection)
+    if heads.empty or heads.train_flops.isna().all():
+        return []
+    paths = []
+    for (dataset, backbone), cell in heads.groupby(["dataset", "backbone"]):
+        cell = cell[cell.train_flops.notna()]
+        if cell.empty:
+            continue
+        stats = cell.groupby("method").agg(x=("train_flops", "mean"), y=("final_top1", "mean"),
+                                           s=("final_top1", "std"), base=("base_method", "first"),
+                                           budget=("budget", "first")).fillna({"s": 0.0})
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for row in sorted(stats.index, key=row_order):
+            r = stats.loc[row]
+            if r.budget:
+                continue
+            ax.errorbar(r.x / 1e15, r.y, yerr=r.s, fmt="o", capsize=3, color=method_colour(row),
+                        label=display_name(row))
+        for base, line in stats[stats.budget.astype(bool)].groupby("base"):
+            points = pd.concat([stats.loc[[base]] if base in stats.index else stats.iloc[:0], line]).sort_values("x")
+            ax.errorbar(points.x / 1e15, points.y, yerr=points.s, fmt="--s", capsize=3, color=method_colour(base),
+                        label=f"{display_name(base)} at matched compute")
+        ax.set_xscale("log")
+        ax.set(xlabel="training compute (PFLOPs, counted)", ylabel="final top-1 error (%)",
+               title=f"{dataset} / {backbone}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+        if np.isfinite(stats.x).any():
+            paths += _save(fig, folder, f"compute_{dataset}_{backbone}")
+        plt.close(fig)
+    return paths
+
+
 def write_plots(collection: Collection, folder: Path) -> list[Path]:
     folder = Path(folder)
     return [*plot_curves(collection, folder), *plot_final_bars(collection, folder),
             *plot_headline_vs_ensemble(collection, folder), *plot_curves(collection, folder, "ece"),
-            *plot_curves(collection, folder, "disagreement"), *plot_sensitivity(collection, folder)]
+            *plot_curves(collection, folder, "disagreement"), *plot_sensitivity(collection, folder),
+            *plot_compute(collection, folder)]

@@ -130,6 +130,11 @@ def build_report(roots: list[Path]) -> str:
               for q in ("ece", "nll", "disagreement")]
     beyond_html = "\n".join(markdown_table_html(t) for t in beyond if not t.startswith("(no finished runs)"))
     costs = cost_markdown(cost_table(collection))
+    from bench.results.compute import budget_markdown, budget_table
+
+    matched = budget_table(collection)
+    budget = "" if matched.empty else '<h2 id="budget">At equal training compute</h2>\n' + markdown_table_html(
+        budget_markdown(matched))
     with tempfile.TemporaryDirectory() as tmp:
         images = "\n".join(_image(p) for p in sorted(write_plots(collection, Path(tmp))) if p.suffix == ".png")
     prov = _provenance(collection)
@@ -158,6 +163,7 @@ def build_report(roots: list[Path]) -> str:
 {beyond_html or "<p class='note'>No run of these folders measured calibration or diversity yet.</p>"}
 <h2 id="costs">Cost</h2>
 {markdown_table_html(costs)}
+{budget}
 <h2 id="plots">Curves and bars</h2>
 {images}
 <h2 id="setup">Setup</h2>

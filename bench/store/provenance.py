@@ -64,3 +64,17 @@ def partner_label(cls: type, partners: list[str], options: dict[str, Any] | None
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def resume_note(first: dict[str, Any] | None, resumes: list[dict[str, Any]]) -> str | None:
+    """Why a run's numbers may differ from an uninterrupted run of the same settings: a resume that ran with other
+    threads, another device or another packing than the start (None when none did)."""
+    if not first:
+        return None
+    keys = ("intra_op_threads", "inter_op_threads", "device_name", "runs_per_device", "deterministic")
+    for resume in resumes:
+        changed = [f"{k} {first.get(k)} -> {resume[k]}" for k in keys if k in resume and resume[k] != first.get(k)]
+        if changed:
+            return (f"resumed at epoch {resume.get('epoch')} with {', '.join(changed)}: its numbers may differ from an "
+                    "uninterrupted run's")
+    return None

@@ -12,6 +12,7 @@ from bench.config import RunConfig, SweepConfig
 from bench.errors import UsageError, unknown
 from bench.ranges import check_options
 from bench.store import runs
+from bench.sweep.budget import BUDGET, check_budget, matched_epochs, with_epochs
 from bench.sweep.checks import check_compute, check_data, check_image_size, check_writable
 from bench.sweep.settings import run_config
 from bench.sweep.variants import Variant, fixed_options, method_names, run_label
@@ -114,11 +115,14 @@ def resolve_variants(sweep: SweepConfig) -> list[tuple[Variant, dict[str, Any]]]
     for variant in expand_variants(sweep.methods, sweep.options, options_class):
         cls = options_class(variant.method)
         fixed = fixed_options(variant.method, sweep.options, cls)
+        budget = variant.options.pop(BUDGET, None)  # `vanilla[budget=pcl]`: not an option of the method's own
         own = options_dict(resolve_options(variant.method, variant.options))
         variant.options = {k: own[k] for k in variant.options}  # typed: temperature=4 -> 4.0, off -> False
         resolved = options_dict(resolve_options(variant.method, {**fixed, **variant.options}))
         check_options(resolve_options(variant.method, resolved), variant.method)  # the declared ranges
-        identity = (variant.method, repr(sorted(resolved.items())))
+        if budget is not None:
+            variant.options[BUDGET] = check_budget(variant.method, budget, variant.key)
+        identity = (variant.method, repr(sorted(resolved.items())), variant.options.get(BUDGET))
         if identity in seen:
             raise UsageError(f"methods: {variant.key} and {seen[identity]} resolve to the same options; give each "
                              "variant once")
@@ -174,8 +178,34 @@ def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]],
                     folder = runs.run_dir(out, d, entry_folder, v.key, seed)
                     config = run_config(sweep, v.method, student, d, seed, run_options, loaded, v.options, used,
                                         sources)
+                    if BUDGET in v.options:  # the epochs that match the named method's training compute
+                        config = budget_config(sweep, v, config, variants, entry, loaded, sources)
                     specs.setdefault(folder, RunSpec(config, folder, deps))
     return list(specs.values())
+
+
+def budget_config(sweep: SweepConfig, variant: Variant, config: Any, variants: list, entry: str,
+                  loaded: list[dict[str, str]], sources: dict[str, dict[str, Any]] | None) -> Any:
+    """`config` of a budget-matched variant at the epochs whose training FLOPs come closest to its budget method's
+    run on the same backbone entry and dataset (that method's own options in this sweep)."""
+    from backbones import split_entry
+    from methods import METHODS
+    from methods.base import options_dict, resolve_options
+
+    name = variant.options[BUDGET]
+    cls = METHODS.get(name)
+    student, partners = split_entry(entry)
+    used = partners if cls.partner_range[1] > 0 else []
+    if len(used) < cls.partner_range[0] or len(used) > cls.partner_range[1]:
+        raise UsageError(f"{variant.key}: {name} cannot run on '{entry}', so it sets no budget there")
+    options = next((o for v, o in variants if v.method == name and not v.options), None) or options_dict(
+        resolve_options(name, fixed_options(name, sweep.options, cls.Options)))
+    target = run_config(sweep, name, student, config.dataset, config.seed, options, loaded, {}, used, sources)
+    record = matched_epochs(config, target, variant.key)
+    matched = run_config(with_epochs(sweep, record["epochs"]), config.method, student, config.dataset, config.seed,
+                         config.options, loaded, variant.options, config.partners, sources)
+    matched.budget = record
+    return matched
 
 
 def with_network_count(variant: Variant, options: dict[str, Any], partners: list[str],

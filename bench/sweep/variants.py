@@ -134,7 +134,7 @@ def expand(entries: list[str], sweep_options: dict[str, dict[str, Any]],
         method, own = parse_entry(entry)
         types = _field_types(options_class(method))
         for key in own:
-            if types and key not in types:
+            if types and key not in types and key != "budget":  # budget=<method>: any method's (bench.sweep.budget)
                 raise UsageError(f"method entry '{entry}': {method} has no option '{key}'{did_you_mean(key, types)} "
                                  f"(valid: {', '.join(types)})")
         swept = {k: v for k, v in (sweep_options.get(method) or {}).items()
@@ -153,11 +153,16 @@ def fixed_options(method: str, sweep_options: dict[str, dict[str, Any]], options
     return {k: v for k, v in (sweep_options.get(method) or {}).items() if not is_sweep(v, types.get(k, Any))}
 
 
-def variant_label(options_cls: type | None, options: dict[str, Any]) -> str:
-    """The row label's suffix: 'w/o mean teacher', 'T=4' (an option's `label` metadata, else its name in words)."""
+def variant_label(options_cls: type | None, options: dict[str, Any], budget: dict[str, Any] | None = None) -> str:
+    """The row label's suffix: 'w/o mean teacher', 'T=4' (an option's `label` metadata, else its name in words); a
+    budget-matched run's 'at PCL's compute (4.0x epochs)' (`budget`: its record)."""
     labels = {f.name: f.metadata.get("label") for f in dataclasses.fields(options_cls)} if options_cls else {}
     parts = []
-    for key in sorted(options):
+    if budget:
+        from bench.sweep.budget import budget_label
+
+        parts.append(budget_label(budget))
+    for key in sorted(k for k in options if not (budget and k == "budget")):
         name = labels.get(key) or key.replace("_", " ")
         value = options[key]
         if value is False or value == "off":

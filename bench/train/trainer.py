@@ -19,7 +19,7 @@ from bench.config import RunConfig
 from bench.errors import UsageError
 from bench.store import records, runs
 from bench.store.identity import check_run_folder, config_record
-from bench.store.provenance import count_params, forward_flops, git_commit, partner_label, versions
+from bench.store.provenance import count_params, forward_flops, git_commit, partner_label, resume_note, versions
 from bench.sweep.variants import run_label, variant_key, variant_label
 from bench.train.checkpoint import check_fits, read_checkpoint, rng_state, set_rng_state
 from bench.train.compute import (
@@ -36,6 +36,8 @@ from bench.train.compute import (
     use_cuda_graphs,
 )
 from bench.train.distributed import world
+from bench.train.flops import record as flops_record
+from bench.train.flops import train_step_flops
 from bench.train.loggers import RunLoggers, metrics_csv
 from bench.train.metrics import evaluate
 from bench.train.schedule import Diverged, divergence_remedy, lr_at, warmup_factor
@@ -92,6 +94,8 @@ class Trainer:
         self.deployed_params = count_params(networks[0])
         self.partner_params = [count_params(net) for net in networks[1:]]
         self.flops = [forward_flops(net, spec.image_size) for net in networks]  # per image, for the cost table
+        self.step_flops = train_step_flops(self.method, cfg.data.batch_size, spec.image_size, spec.num_classes,
+                                           self.device, cfg.rampup_epochs)  # training compute (bench.train.flops)
         self.train_loader, self.eval_loader, self.spec = build_loaders(
             spec, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
             self.rank, self.world, recipes=self.method.view_augment())
@@ -122,18 +126,8 @@ class Trainer:
                 "cpu_count": os.cpu_count()}
 
     def runtime_note(self) -> str | None:
-        """Why this run's numbers may differ from an uninterrupted run of the same settings: a resume that ran with
-        other threads, another device or another packing than the start (None when none did)."""
-        first = self.first_runtime
-        if not first:
-            return None
-        keys = ("intra_op_threads", "inter_op_threads", "device_name", "runs_per_device", "deterministic")
-        for resume in self.resumes:
-            changed = [f"{k} {first.get(k)} -> {resume[k]}" for k in keys if k in resume and resume[k] != first.get(k)]
-            if changed:
-                return (f"resumed at epoch {resume.get('epoch')} with {', '.join(changed)}: its numbers may differ "
-                        "from an uninterrupted run's")
-        return None
+        """Why this run's numbers may differ from an uninterrupted run of the same settings (None when nothing)."""
+        return resume_note(self.first_runtime, self.resumes)
 
     def autocast(self):
         return autocast_context(self.device, self.amp_dtype)
@@ -349,6 +343,8 @@ class Trainer:
             "partners": cfg.partners, "partner_params": self.partner_params,
             "pretrained": dict(getattr(cfg, "pretrained", None) or {}),
             "flops": {"deployed": self.flops[0], "partners": self.flops[1:]},
+            **flops_record(self.step_flops, self.step),
+            "budget": dict(getattr(cfg, "budget", None) or {}),
             "two_stage": bool(cfg.partners) and type(self.method).needs_partner_runs(cfg.options),
             "partner_label": partner_label(type(self.method), cfg.partners, cfg.options),
             "options": dataclasses.asdict(self.method.opts), "resumes": self.resumes,
@@ -358,7 +354,7 @@ class Trainer:
             "versions": versions(),
             "display_name": type(self.method).display_name or cfg.method, "plugins": cfg.loaded_plugins,
             "variant": cfg.variant, "row": variant_key(cfg.method, cfg.variant), "protocol": cfg.protocol,
-            "variant_label": variant_label(type(self.method).Options, cfg.variant),
+            "variant_label": variant_label(type(self.method).Options, cfg.variant, getattr(cfg, "budget", None)),
             "default_headline": type(self.method).headline,
             "image_size": self.spec.image_size, "mean": list(self.spec.mean), "std": list(self.spec.std),
             "git_commit": git_commit(),

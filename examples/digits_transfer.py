@@ -1,6 +1,7 @@
 """Two image folders of real images cut from scikit-learn's bundled digits (1,797 handwritten digits, 8x8 scans),
 for measuring a pretrained start offline: `digits-04` (the digits 0-4) to pretrain on, `digits-59` (5-9, other
-classes) to fine-tune on. Each is ROOT/train/<class>/*.png and ROOT/val/<class>/*.png (the digits dataset's fixed stratified 80/20 split).
+classes) to fine-tune on. Each is ROOT/train/<class>/*.png and ROOT/val/<class>/*.png (the digits dataset's fixed
+stratified 80/20 split).
 
     python examples/digits_transfer.py data/transfer
     bench run --datasets digits04=imagefolder:data/transfer/digits-04 --backbones cifar_resnet8 --methods vanilla

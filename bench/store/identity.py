@@ -40,6 +40,8 @@ def check_run_folder(folder: Path, cfg: RunConfig, force: bool) -> None:
             (settings.get("optim") or {}).pop("warmup_fraction", None)  # (the warm-up likewise, into its epochs;
             if isinstance(settings.get("optim"), dict) and settings["optim"].get("warmup_epochs") is None:
                 settings["optim"]["warmup_epochs"] = 0.0  # a run made before warm-ups existed had none)
+            if isinstance(settings.get("budget"), dict):  # a budget-matched run is its method and its epochs; the
+                settings["budget"] = {k: settings["budget"].get(k) for k in ("method", "epochs")}  # counts derive
     if old != new:
         diff = sorted(_diff_keys(old, new)) if isinstance(old, dict) else ["(unreadable config.yaml)"]
         raise UsageError(f"{folder} holds a run with a different config ({', '.join(diff[:5])} differ); "

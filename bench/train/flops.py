@@ -18,6 +18,20 @@ import torch
 
 from methods.base import OnlineKDMethod, Progress
 
+_COUNTED: dict[tuple, int | None] = {}  # (what identifies a step) -> its FLOPs, counted once per process
+
+
+def run_step_flops(method: OnlineKDMethod, cfg: Any, image_size: int, num_classes: int,
+                   device: torch.device | str = "cpu") -> int | None:
+    """`train_step_flops` of a run's method (RunConfig `cfg`), counted once per process for runs whose steps are
+    the same (seeds of one cell)."""
+    key = (cfg.method, repr(sorted(cfg.options.items())), cfg.backbone, tuple(cfg.partners),
+           repr(cfg.backbone_options), cfg.data.batch_size, image_size, num_classes, method.views)
+    if key not in _COUNTED:
+        _COUNTED[key] = train_step_flops(method, cfg.data.batch_size, image_size, num_classes, device,
+                                         cfg.rampup_epochs)
+    return _COUNTED[key]
+
 
 def train_step_flops(method: OnlineKDMethod, batch_size: int, image_size: int, num_classes: int,
                      device: torch.device | str = "cpu", rampup_epochs: float = 80.0) -> int | None:

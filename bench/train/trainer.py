@@ -37,7 +37,7 @@ from bench.train.compute import (
 )
 from bench.train.distributed import world
 from bench.train.flops import record as flops_record
-from bench.train.flops import train_step_flops
+from bench.train.flops import run_step_flops
 from bench.train.loggers import RunLoggers, metrics_csv
 from bench.train.metrics import evaluate
 from bench.train.schedule import Diverged, divergence_remedy, lr_at, warmup_factor
@@ -94,8 +94,7 @@ class Trainer:
         self.deployed_params = count_params(networks[0])
         self.partner_params = [count_params(net) for net in networks[1:]]
         self.flops = [forward_flops(net, spec.image_size) for net in networks]  # per image, for the cost table
-        self.step_flops = train_step_flops(self.method, cfg.data.batch_size, spec.image_size, spec.num_classes,
-                                           self.device, cfg.rampup_epochs)  # training compute (bench.train.flops)
+        self.step_flops = run_step_flops(self.method, cfg, spec.image_size, spec.num_classes, self.device)
         self.train_loader, self.eval_loader, self.spec = build_loaders(
             spec, cfg.data, self.method.views, cfg.seed, self.device, cfg.compute.channels_last,
             self.rank, self.world, recipes=self.method.view_augment())

@@ -30,6 +30,20 @@ MOVED = {
 }
 
 
+def moved_names(package: str, table: dict[str, str]):
+    """A package's module `__getattr__` that resolves the names an older okd-bench defined in the module of the same
+    name (`bench.train.Trainer`, `bench.launch.RunJob`, ...) from `table` (name -> the module that defines it now),
+    imported on first use, so that importing one submodule never loads the others."""
+
+    def __getattr__(name: str):
+        module = table.get(name)
+        if module is None:
+            raise AttributeError(f"module '{package}' has no attribute '{name}'")
+        return getattr(importlib.import_module(module), name)
+
+    return __getattr__
+
+
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """`import bench.jobs` gives the module `bench.launch.jobs` itself (one module object under both names)."""
 

@@ -37,13 +37,13 @@ def option(default: Any = dataclasses.MISSING, *, default_factory: Any = datacla
 def describe(meta: Any) -> str:
     """The declared range in words: 'above 0', 'from 0 to 1', 'one of a, b', '' when nothing is declared."""
     if meta.get("choices") is not None:
-        return "one of " + ", ".join(_show(c) for c in meta["choices"])
-    low = f"above {_show(meta['gt'])}" if meta.get("gt") is not None else (
-        f"at least {_show(meta['ge'])}" if meta.get("ge") is not None else "")
-    high = f"below {_show(meta['lt'])}" if meta.get("lt") is not None else (
-        f"at most {_show(meta['le'])}" if meta.get("le") is not None else "")
+        return "one of " + ", ".join(format_value(c) for c in meta["choices"])
+    low = f"above {format_value(meta['gt'])}" if meta.get("gt") is not None else (
+        f"at least {format_value(meta['ge'])}" if meta.get("ge") is not None else "")
+    high = f"below {format_value(meta['lt'])}" if meta.get("lt") is not None else (
+        f"at most {format_value(meta['le'])}" if meta.get("le") is not None else "")
     if meta.get("ge") is not None and meta.get("le") is not None:
-        return f"from {_show(meta['ge'])} to {_show(meta['le'])}"
+        return f"from {format_value(meta['ge'])} to {format_value(meta['le'])}"
     return ", ".join(p for p in (low, high) if p)
 
 
@@ -74,14 +74,15 @@ def check_options(opts: Any, method: str) -> None:
         where = f"{method}.{f.name}"
         for item in items:
             if isinstance(item, float) and not math.isfinite(item):
-                raise UsageError(f"{where} must be a finite number, got {_show(value)}")
+                raise UsageError(f"{where} must be a finite number, got {format_value(value)}")
             if declared(f.metadata) and not in_range(item, f.metadata):
                 choices = f.metadata.get("choices")
                 hint = did_you_mean(item, [str(c) for c in choices]) if choices and isinstance(item, str) else ""
-                raise UsageError(f"{where} must be {describe(f.metadata)}, got {_show(item)}{hint}")
+                raise UsageError(f"{where} must be {describe(f.metadata)}, got {format_value(item)}{hint}")
 
 
-def _show(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as the command line writes it: on/off for booleans, floats without trailing zeros (4.0 -> 4)."""
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

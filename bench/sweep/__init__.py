@@ -4,10 +4,7 @@ and the sweep's manifest.
 The names an older okd-bench defined in the module `bench.sweep` (jobs that an older version pickled name some of them)
 resolve here, imported on first use, so importing one submodule never loads the others."""
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from bench import moved_names
 
 _MOVED = {
     "RunSpec": "bench.sweep.grid",
@@ -23,8 +20,4 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bench.sweep' has no attribute '{name}'")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = moved_names(__name__, _MOVED)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import UsageError, did_you_mean
+from bench.ranges import format_value  # noqa: F401  (also used from here)
 
 _ENTRY = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[(.*)\])?$", re.S)
 
@@ -29,14 +30,6 @@ class Variant:
     @property
     def key(self) -> str:
         return variant_key(self.method, self.options)
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def variant_key(method: str, options: dict[str, Any]) -> str:

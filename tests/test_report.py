@@ -65,8 +65,9 @@ def test_report_opens_in_headless_chromium_with_every_method(sweep, tmp_path):
     for name in ("Vanilla", "DML", "DML-E", "ONE", "ONE-E", "PCL", "PCL-E"):
         assert f"\n{name} " in body, name  # a row of the results table
     assert "paper" not in body or "Δ" in body
-    # curves, final bars, headline vs ensemble, ECE and member disagreement over epochs
-    assert len(images) == 5 and all(done and width > 0 for done, width in images)
+    # curves, final bars, headline vs ensemble, ECE and member disagreement over epochs, error against training compute
+    assert len(images) == 6 and all(done and width > 0 for done, width in images)
+    assert "train PFLOPs" in body  # the cost table's training compute
     assert "Calibration and diversity" in body and "Expected calibration error" in body and "disagreement" in body
     assert "Cost" in body and "Versions" in body and "epochs: 1" in body
     assert (ARTEFACTS / "report.png").stat().st_size > 10_000

@@ -17,6 +17,7 @@ from torch import nn
 
 from backbones import cifar_densenet, cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
 from bench.errors import UsageError, unknown
+from bench.store.runfiles import backbone_label
 
 CIFAR_BACKBONES = [
     "cifar_resnet8", "cifar_resnet32", "cifar_resnet110", "cifar_wrn_20_8", "cifar_vgg16", "cifar_densenet40_12",
@@ -85,7 +86,7 @@ class NetworkFactory:
                  names: list[str] | None = None) -> None:
         self.factories = [student, *partners]
         self.names = names or []  # the backbones' names, student first
-        self.labels = list(self.names)  # as run folders name them (folder_label: `@pretrained` where it is)
+        self.labels = list(self.names)  # as run folders name them (backbone_label: `@pretrained` where it is)
 
     def __call__(self) -> nn.Module:
         return self.factories[0]()
@@ -106,14 +107,8 @@ def network_factory(student: str, partners: list[str], num_classes: int, img_siz
     factory = NetworkFactory(backbone_factory(student, num_classes, img_size, pretrained.get(student), **kwargs),
                              [backbone_factory(p, num_classes, img_size, pretrained.get(p)) for p in partners],
                              [student, *partners])
-    factory.labels = [folder_label(n, pretrained) for n in factory.names]
+    factory.labels = [backbone_label(n, pretrained) for n in factory.names]
     return factory
-
-
-def folder_label(name: str, pretrained: dict[str, dict] | None) -> str:
-    """A backbone as run folders, tables and plots name it: `resnet18`, or `resnet18@pretrained` when the run starts
-    it from pretrained weights, so that pretrained and from-scratch runs never share a folder or a cell."""
-    return f"{name}@pretrained" if (pretrained or {}).get(name) else name
 
 
 def split_entry(entry: str) -> tuple[str, list[str]]:

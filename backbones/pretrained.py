@@ -10,7 +10,6 @@ dataset's (as timm does), and loaded when it fits.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import UsageError
+from bench.files import sha256_of
 from bench.weights import read_weights
 
 
@@ -63,7 +63,7 @@ def resolve_source(backbone: str, value: Any, base: Path | None = None) -> dict[
     path = Path(value.strip()).expanduser()
     path = (base / path if base is not None and not path.is_absolute() else path).resolve()
     read_weights(path, where)  # missing, unreadable, not a state dict, a pickle that needs code: one line each
-    return {"source": "file", "path": str(path), "sha256": sha256(path)}
+    return {"source": "file", "path": str(path), "sha256": sha256_of(path)}
 
 
 def in_cache(cfg: Any) -> bool:
@@ -74,14 +74,6 @@ def in_cache(cfg: Any) -> bool:
         if isinstance(found, str):
             return True
     return False
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(record: dict[str, Any] | None) -> str:
@@ -111,7 +103,7 @@ def source_state(record: dict[str, Any], backbone: str, build_kwargs: dict[str, 
             _STATES[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             path = Path(record["path"])
-            if sha256(path) != record.get("sha256"):
+            if sha256_of(path) != record.get("sha256"):
                 raise UsageError(f"pretrained.{backbone}: {path} changed since the sweep resolved it (sha256 "
                                  f"{str(record.get('sha256'))[:12]} then); restore it or start the sweep again")
             _STATES[key] = read_weights(path, f"pretrained.{backbone}")

@@ -31,6 +31,17 @@ class StorageError(UsageError):
     """A write that the file system refused (no space, no permission, read-only, wrong kind of entry): names it."""
 
 
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (weights files can be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def umask() -> int:
     """This process's umask, read without changing it where /proc tells (other threads may be creating files)."""
     try:

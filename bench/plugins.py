@@ -28,7 +28,9 @@ _entry_points_done = False
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from bench.files import sha256_of
+
+    return sha256_of(path)
 
 
 def is_file_spec(spec: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.store import runs
+from bench.store.runfiles import backbone_label
 
 PAPER_ORDER = ["vanilla", "dml", "cl", "one", "okddip", "kdcl", "ffl_s", "pcl"]
 DISPLAY = {"vanilla": "Vanilla", "kd": "KD", "switokd": "SwitOKD", "dml": "DML", "cl": "CL", "one": "ONE",
@@ -166,7 +167,7 @@ def load_runs(roots: Iterable[Path]) -> Collection:
             continue
         started = summary.get("pretrained") if isinstance(summary.get("pretrained"), dict) else {}
         ident = {**{k: summary[k] for k in ("dataset", "backbone", "seed")}, "method": row_of(summary)}
-        ident["backbone"] = label_of(str(summary["backbone"]), started)  # never a from-scratch run's cell
+        ident["backbone"] = backbone_label(str(summary["backbone"]), started)  # never a from-scratch run's cell
         labels = [summary.get(k) for k in ("variant_label", "partner_label")]
         remember_display_name(summary["method"], summary.get("display_name"), ident["method"],
                               " ".join(x.strip() for x in labels if isinstance(x, str) and x.strip()))
@@ -178,7 +179,7 @@ def load_runs(roots: Iterable[Path]) -> Collection:
         flops = summary.get("flops") if isinstance(summary.get("flops"), dict) else {}
         run_rows.append({**ident, **runtime_columns(summary), "status": summary["status"], "folder": str(folder),
                          "base_method": summary["method"],
-                         "partners": "+".join(label_of(str(p), started) for p in partners),
+                         "partners": "+".join(backbone_label(str(p), started) for p in partners),
                          "pretrained": "; ".join(f"{b}: {describe(r)}" for b, r in started.items()),
                          "partner_params": _number_sum(summary.get("partner_params")),
                          "flops_deployed": flops.get("deployed"), "flops_partners": _number_sum(flops.get("partners")),
@@ -222,11 +223,6 @@ def load_runs(roots: Iterable[Path]) -> Collection:
     if shown:
         notes.insert(0, f"skipped runs: {shown}")
     return Collection(pd.DataFrame(models), pd.DataFrame(curves), pd.DataFrame(run_rows), notes)
-
-
-def label_of(backbone: str, started: dict) -> str:
-    """A backbone as its table column names it: `resnet18@pretrained` for a run that started it from weights."""
-    return f"{backbone}@pretrained" if started.get(backbone) else backbone
 
 
 def describe(record) -> str:

@@ -11,7 +11,6 @@ export one of their networks instead.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError, did_you_mean
+from bench.files import sha256_of
 from bench.store import records, runs
 
 FORMATS = {"safetensors": "safetensors", "torchscript": "pt", "onnx": "onnx"}
@@ -67,7 +67,7 @@ def plain_network(method, name: str, backbone: str, spec, backbone_options: dict
 def metadata(net: Network, summary: dict, name: str, fmt: str, file: Path) -> dict[str, Any]:
     final = (summary.get("final") or {}).get(name, {})
     return {
-        "schema": SCHEMA, "format": fmt, "file": file.name, "sha256": _sha256(file),
+        "schema": SCHEMA, "format": fmt, "file": file.name, "sha256": sha256_of(file),
         "backbone": net.backbone, "timm_kwargs": net.timm_kwargs, "num_classes": net.timm_kwargs["num_classes"],
         "input_size": list(net.input_size), "mean": list(net.mean), "std": list(net.std),
         "pretrained_cfg": net.pretrained_cfg,
@@ -83,14 +83,6 @@ def metadata(net: Network, summary: dict, name: str, fmt: str, file: Path) -> di
                  "m.load_state_dict(safetensors.torch.load_file(file))" if fmt == "safetensors" else
                  "torch.jit.load(file)" if fmt == "torchscript" else "onnxruntime.InferenceSession(file)"),
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_format(fmt: str) -> None:

@@ -3,6 +3,16 @@
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"  # the same, flat, for spreadsheets
+PRETRAINED = "@pretrained"  # marks a backbone a run starts from pretrained weights (folders, table columns)
+
+
+def backbone_label(name: str, started: dict | None) -> str:
+    """A backbone as run folders, labels and table columns name it: `resnet18`, or `resnet18@pretrained` when the
+    run starts it from pretrained weights (`started`: backbone -> source record), so that pretrained and from-scratch
+    runs never share a folder or a cell."""
+    return f"{name}{PRETRAINED}" if (started or {}).get(name) else name
+
+
 LOGGERS_STATE = "loggers.json"  # the trackers' W&B run id and last epochs on disk (bench.train.loggers)
 TENSORBOARD_DIR = "tensorboard"
 CONFIG = "config.yaml"

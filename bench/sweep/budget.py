@@ -29,25 +29,19 @@ def check_budget(method: str, budget: Any, key: str) -> str:
     return name
 
 
-_COUNTS: dict[tuple, int | None] = {}
-
-
 def step_flops(config: RunConfig) -> int | None:
-    """The counted FLOPs of one training step of `config`'s method, backbone and dataset (on the CPU, once)."""
+    """The counted FLOPs of one training step of `config`'s method, backbone and dataset, on the CPU (the count a run
+    of it makes at set-up, from the same per-process cache)."""
     from backbones import network_factory
     from bench.data import run_dataset
-    from bench.train.flops import train_step_flops
+    from bench.train.flops import run_step_flops
     from methods import build_method
 
     spec = run_dataset(config)
-    key = (config.method, repr(sorted(config.options.items())), config.backbone, tuple(config.partners),
-           config.dataset, spec.image_size, config.data.batch_size, repr(config.backbone_options))
-    if key not in _COUNTS:
-        factory = network_factory(config.backbone, config.partners, spec.num_classes, spec.image_size,
-                                  **config.backbone_options)  # starting weights change no FLOPs
-        method = build_method(config.method, factory, spec.num_classes, config.options)
-        _COUNTS[key] = train_step_flops(method, config.data.batch_size, spec.image_size, spec.num_classes)
-    return _COUNTS[key]
+    factory = network_factory(config.backbone, config.partners, spec.num_classes, spec.image_size,
+                              **config.backbone_options)  # starting weights change no FLOPs
+    method = build_method(config.method, factory, spec.num_classes, config.options)
+    return run_step_flops(method, config, spec.image_size, spec.num_classes)
 
 
 def matched_epochs(own: RunConfig, target: RunConfig, key: str) -> dict[str, Any]:

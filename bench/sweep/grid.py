@@ -12,6 +12,7 @@ from bench.config import RunConfig, SweepConfig
 from bench.errors import UsageError, unknown
 from bench.ranges import check_options
 from bench.store import runs
+from bench.store.runfiles import backbone_label
 from bench.sweep.budget import BUDGET, check_budget, matched_epochs, with_epochs
 from bench.sweep.checks import check_compute, check_data, check_image_size, check_writable
 from bench.sweep.settings import run_config
@@ -145,7 +146,7 @@ def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]],
     teacher: the vanilla run of TEACHER on the same dataset and seed) depends on those runs, which join the grid
     before it. `sources`: where backbones start from (bench.sweep.pretrained); a run that starts a network from
     pretrained weights is in `<dataset>/STUDENT@pretrained/...`, never in a from-scratch run's folder."""
-    from backbones import folder_label, split_entry
+    from backbones import split_entry
     from bench import plugins
     from methods import METHODS
 
@@ -174,7 +175,7 @@ def expand(sweep: SweepConfig, variants: list[tuple[Variant, dict[str, Any]]],
                     needs = used and cls.needs_partner_runs(run_options)
                     deps = tuple(add_partner_run(specs, sweep, out, d, p, seed, loaded, sources) for p in used) \
                         if needs else ()
-                    entry_folder = "+".join(folder_label(b, sources) for b in [student, *used])
+                    entry_folder = "+".join(backbone_label(b, sources) for b in [student, *used])
                     folder = runs.run_dir(out, d, entry_folder, v.key, seed)
                     config = run_config(sweep, v.method, student, d, seed, run_options, loaded, v.options, used,
                                         sources)
@@ -226,10 +227,9 @@ def add_partner_run(specs: dict[Path, RunSpec], sweep: SweepConfig, out: Path, d
                     loaded: list[dict[str, str]], sources: dict[str, dict[str, Any]] | None = None) -> Path:
     """The vanilla run of `backbone` (a teacher, fine-tuned from its own pretrained weights where it has them) in the
     grid, once; returns its folder."""
-    from backbones import folder_label
     from methods.base import options_dict, resolve_options
 
-    folder = runs.run_dir(out, dataset, folder_label(backbone, sources), "vanilla", seed)
+    folder = runs.run_dir(out, dataset, backbone_label(backbone, sources), "vanilla", seed)
     if folder not in specs:
         config = run_config(sweep, "vanilla", backbone, dataset, seed, options_dict(resolve_options("vanilla", {})),
                             loaded, pretrained=sources)

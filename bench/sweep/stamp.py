@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bench.files import sha256_of
 from bench.store import runs
 
 DONE = ".done.json"
@@ -40,7 +41,7 @@ def code_fingerprint() -> str:
 
 def file_digest(path: str) -> str:
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_of(Path(path))
     except OSError:
         return "missing"
 

@@ -40,9 +40,10 @@ def variant_key(method: str, options: dict[str, Any]) -> str:
 def run_label(config: Any) -> str:
     """`dataset/backbone[+partner]/method[+variant]/seed<k>`: how a run is named in launcher lines, progress bars and
     trackers (its folder's path below the sweep, for a run the grid made)."""
-    started = getattr(config, "pretrained", None) or {}
-    backbone = "+".join(f"{b}@pretrained" if started.get(b) else b for b in [config.backbone,
-                                                                            *getattr(config, "partners", [])])
+    from bench.store.runfiles import backbone_label
+
+    started = getattr(config, "pretrained", None)
+    backbone = "+".join(backbone_label(b, started) for b in [config.backbone, *getattr(config, "partners", [])])
     return f"{config.dataset}/{backbone}/{variant_key(config.method, config.variant)}/seed{config.seed}"
 
 

@@ -64,7 +64,7 @@ def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list
             todo.append(spec)
         elif status == "done":
             skipped["done"] += 1
-        elif status == "failed" and not opts.retry_failed and failed_by_machine(spec.folder):
+        elif status == "failed" and not opts.retry_failed and machine_failed(spec.folder):
             skipped["machine"] += 1  # not skipped: the machine failed it (no space, ...); it resumes now
             todo.append(spec)
         elif status in ("failed", "diverged") and not opts.retry_failed:
@@ -74,7 +74,8 @@ def classify(specs: list[RunSpec], out: Path, opts: LaunchOptions) -> tuple[list
     return todo, skipped
 
 
-def failed_by_machine(folder: Path) -> bool:
+def machine_failed(folder: Path) -> bool:
+    """Whether the run in `folder` failed because of the machine (its summary says so; an unreadable one does not)."""
     from bench.store.records import Malformed, failed_by_machine, load_summary
 
     try:
